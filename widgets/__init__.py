@@ -1,0 +1,1 @@
+"""ipywidgets dashboards over the saelab core."""
