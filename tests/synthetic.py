@@ -1,0 +1,24 @@
+"""Activations drawn from a known sparse dictionary, for recovery and resume tests."""
+
+import torch
+
+from saelab.activations import ActivationStore, StoreInfo
+
+
+def sparse_dictionary_store(d=32, n_features=128, n=40_000, k=4, offset=0.3, seed=0):
+    """(store, true dictionary `[F, D]`): x = sparse codes @ D + offset, k features per token."""
+    g = torch.Generator().manual_seed(seed)
+    D_FD = torch.randn(n_features, d, generator=g)
+    D_FD /= D_FD.norm(dim=1, keepdim=True)
+    idx_NK = torch.rand(n, n_features, generator=g).argsort(1)[:, :k]
+    vals_NK = torch.rand(n, k, generator=g) * 2 + 0.5
+    x_ND = torch.zeros(n, n_features).scatter_(1, idx_NK, vals_NK) @ D_FD + offset
+    zeros = torch.zeros(n, dtype=torch.int32)
+    info = StoreInfo("synthetic", "resid_post.0", d, n_tokens=n)
+    return ActivationStore(x_ND, zeros, zeros, torch.zeros(1, 1, dtype=torch.long), info), D_FD
+
+
+def mean_best_cosine(W_dec_FD: torch.Tensor, D_FD: torch.Tensor) -> float:
+    """For each true feature, the best cosine with a learned decoder row, averaged."""
+    W = W_dec_FD / W_dec_FD.norm(dim=1, keepdim=True)
+    return (W @ D_FD.T).max(0).values.mean().item()

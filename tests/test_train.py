@@ -1,0 +1,84 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import saelab
+from saelab.train import NonFiniteError, batch_indices, train_sae
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import mean_best_cosine, sparse_dictionary_store  # noqa: E402
+
+
+@pytest.mark.parametrize("kind, options", [("topk", {"k": 4}), ("jumprelu", {"target_l0": 4})])
+def test_trained_sae_recovers_known_dictionary(kind, options):
+    store, D_FD = sparse_dictionary_store()
+    sae = train_sae(store, kind, width=128, tokens=400_000, batch_size=256, lr=3e-3, progress=False, **options)
+    assert mean_best_cosine(sae.W_dec_FD.detach(), D_FD) >= 0.9
+    # and it reconstructs far better than predicting the mean (FVU 1)
+    x = store.acts_ND[:2000]
+    fvu = (sae(x).x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert fvu < 0.3
+
+
+def test_resume_after_kill_gives_same_weights(tmp_path):
+    args = dict(kind="topk", width=64, tokens=120_000, batch_size=128, lr=1e-3, k=4, progress=False)
+    store, _ = sparse_dictionary_store(n_features=64, n=20_000)
+    unbroken = train_sae(store, **args)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys; sys.path.insert(0, %r)\n"
+        "from synthetic import sparse_dictionary_store\nfrom saelab.train import train_sae\n"
+        "store, _ = sparse_dictionary_store(n_features=64, n=20_000)\n"
+        "train_sae(store, checkpoint_dir=%r, checkpoint_every=50, **%r)\n"
+        % (str(Path(__file__).parent), str(tmp_path / "run"), args)
+    )
+    proc = subprocess.Popen([sys.executable, str(script)])
+    ckpt = tmp_path / "run" / "checkpoint" / "trainer.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run never wrote a checkpoint"
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < 937  # stopped part-way (937 steps in all)
+    resumed = train_sae(store, checkpoint_dir=tmp_path / "run", checkpoint_every=50, **args)
+    for name, value in unbroken.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_non_finite_activations_stop_with_step_and_keep_checkpoint(tmp_path):
+    store, _ = sparse_dictionary_store(n_features=64, n=4096)
+    args = dict(kind="topk", width=64, batch_size=128, tokens=4096 * 3, k=4, progress=False,
+                checkpoint_dir=tmp_path, checkpoint_every=10)
+
+    def interrupt(log):
+        if log["step"] == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(store, callback=interrupt, log_every=1, **args)
+    bad = store.acts_ND.clone()
+    bad[1234, 3] = float("nan")
+    store.acts_ND = bad
+    with pytest.raises(NonFiniteError, match=r"at step (\d+); the last good checkpoint") as err:
+        train_sae(store, **args)
+    step = int(err.value.args[0].split("at step ")[1].split(";")[0])
+    # resumed at step 20, it stops at the first batch holding the NaN row
+    assert step == next(i for i in range(20, 96) if 1234 in batch_indices(i, 4096, 128, 0))
+    ckpt = torch.load(tmp_path / "checkpoint" / "trainer.pt", weights_only=False)
+    assert ckpt["step"] <= step
+    kept = saelab.load_sae(tmp_path / "checkpoint" / "sae")
+    assert all(torch.isfinite(p).all() for p in kept.state_dict().values())
+
+
+def test_too_few_tokens_is_a_clear_error():
+    store, _ = sparse_dictionary_store(n=100)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_sae(store, "topk", width=64, batch_size=512, k=4, progress=False)
