@@ -134,12 +134,14 @@ def train_sae(
             raise NonFiniteError("non-finite values in the activations sampled for input scaling (step 0)")
         scale = estimate_input_scale(sample_ND)
         sae = make_sae(cfg.kind, acts.d_in, cfg.width, seed=cfg.seed, dtype=dtype, **cfg.options).to(device)
-        sae.init_b_dec((scale * sample_ND).to(device, dtype))
+        sae.init_from_sample((scale * sample_ND).to(device, dtype))
         state = {"config": asdict(cfg), "step": 0, "scale": scale, "optimizer": None, "history": [],
                  "since_fired_F": torch.zeros(cfg.width, dtype=torch.long)}
     sae.cfg.hookpoint, sae.cfg.model = acts.info.hookpoint, acts.info.model
     scale, since_fired_F, history = state["scale"], state["since_fired_F"].to(device), state["history"]
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(), betas=getattr(sae, "adam_betas", (0.9, 0.999)))
+    # Kinds may ask for a larger step on some parameters (JumpReLU's log-thresholds).
+    groups = [{"params": [p], "lr_scale": sae.lr_scale.get(name, 1.0)} for name, p in sae.named_parameters()]
+    optimizer = torch.optim.Adam(groups, lr=cfg.learning_rate(), betas=sae.adam_betas)
     if state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
 
@@ -157,7 +159,7 @@ def train_sae(
                 + (f"; the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.exists() else "")
             )
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate() * lr_factor(step, n_steps, cfg.warmup_steps, cfg.decay_frac)
+            group["lr"] = group["lr_scale"] * cfg.learning_rate() * lr_factor(step, n_steps, cfg.warmup_steps, cfg.decay_frac)
         out = sae.training_loss(x_BD, TrainContext(step, n_steps, since_fired_F > cfg.dead_tokens))
         if not torch.isfinite(out.loss):
             raise NonFiniteError(
@@ -177,7 +179,7 @@ def train_sae(
             log = {"step": step, "tokens": (step + 1) * cfg.batch_size, "loss": out.loss.item(),
                    "mse": out.mse.item(), "fvu": (out.mse / variance).item(), "l0": out.l0.item(),
                    "dead_fraction": (since_fired_F > cfg.dead_tokens).float().mean().item(),
-                   "lr": optimizer.param_groups[0]["lr"], **out.terms}
+                   "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"], **out.terms}
             history.append(log)
             bar.set_postfix(fvu=f"{log['fvu']:.3f}", l0=f"{log['l0']:.1f}", dead=f"{log['dead_fraction']:.1%}")
             if callback is not None:

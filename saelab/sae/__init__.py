@@ -47,7 +47,7 @@ def load_sae(folder: str | Path, model=None, hookpoint: str | None = None, devic
         raise ValueError(f"{folder}: cfg.json names SAE kind {kind!r}, known kinds: {sorted(SAE_KINDS)}")
     cls = SAE_KINDS[kind]
     cfg = config_from_dict(cls.config_class, cfg_raw)
-    sae = cls(cfg, dtype=next(iter(tensors.values())).dtype)
+    sae = cls(cfg, dtype=tensors["W_dec_FD"].dtype if "W_dec_FD" in tensors else torch.float32)
     check_state(sae, tensors, str(folder))
     sae.load_state_dict(tensors)
     if model is not None:
@@ -63,6 +63,6 @@ def load_sae(folder: str | Path, model=None, hookpoint: str | None = None, devic
     return sae.to(device) if device is not None else sae
 
 
-from saelab.sae import topk as _topk  # noqa: E402,F401  (registers the kinds)
+from saelab.sae import batchtopk, jumprelu, relu, topk  # noqa: F401  (registers the kinds)
 
 __all__ = ["SAE", "SAEConfig", "SAEOutput", "LossOutput", "TrainContext", "SAE_KINDS", "register", "make_sae", "load_sae"]

@@ -82,6 +82,12 @@ class SAE(nn.Module):
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
     kind: ClassVar[str] = ""
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)  # the trainer's Adam betas for this kind
+
+    @property
+    def lr_scale(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter name (default 1)."""
+        return {}
 
     def __init__(self, cfg: SAEConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -118,8 +124,11 @@ class SAE(nn.Module):
 
     # --- training helpers ----------------------------------------------------------------
     @torch.no_grad()
-    def init_b_dec(self, sample_ND: torch.Tensor) -> None:
-        """Set `b_dec` to the sample mean (in the space the SAE is trained in)."""
+    def init_from_sample(self, sample_ND: torch.Tensor) -> None:
+        """Data-dependent init before training (sample in the space the SAE is trained in).
+
+        Base: `b_dec` = the sample mean. Kinds with thresholds override this.
+        """
         self.b_dec_D.copy_(sample_ND.mean(0).to(self.b_dec_D))
 
     @torch.no_grad()

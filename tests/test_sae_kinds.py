@@ -1,0 +1,242 @@
+"""SAE kinds against float64 hand computations; save/load, input-scale folding, bad inputs."""
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import saelab
+from saelab.sae import load_sae, make_sae
+from saelab.sae.base import TrainContext
+from saelab.sae.batchtopk import batch_topk_codes
+from saelab.sae.jumprelu import jumprelu, step
+
+KINDS = ["relu", "topk", "batchtopk", "jumprelu"]
+D, F, K = 16, 64, 4
+
+
+def perturbed(kind: str, **options):
+    """An SAE with random biases, encoder noise and thresholds, so references are not vacuous."""
+    if "topk" in kind:
+        options = {"k": K, **options}
+    sae = make_sae(kind, D, F, seed=1, **options)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        sae.W_enc_DF.add_(0.1 * torch.randn(D, F, generator=g))
+        sae.b_enc_F.copy_(0.3 * torch.randn(F, generator=g))
+        sae.b_dec_D.copy_(0.5 * torch.randn(D, generator=g))
+        if kind == "jumprelu":
+            sae.log_threshold_F.uniform_(math.log(0.05), math.log(1.0), generator=g)
+        if kind == "batchtopk":
+            sae.threshold.fill_(0.4)
+            sae.threshold_count.fill_(7)
+    return sae
+
+
+def inputs(n: int = 32, seed: int = 3) -> torch.Tensor:
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_codes(sae, x_BD: torch.Tensor) -> torch.Tensor:
+    """The kind's encoder written out in float64 from the float32 weights."""
+    W_enc, b_enc, b_dec = (t.detach().double() for t in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D))
+    x = x_BD.double()
+    if sae.kind == "jumprelu":
+        z = x @ W_enc + b_enc
+        return torch.where(z > sae.log_threshold_F.detach().double().exp(), z, 0.0)
+    pre = (x - b_dec) @ W_enc + b_enc
+    if sae.kind == "relu":
+        return pre.clamp_min(0)
+    if sae.kind == "batchtopk":
+        return torch.where(pre > sae.threshold.double(), pre, 0.0)
+    f = torch.zeros_like(pre)
+    for b in range(len(pre)):
+        top = pre[b].argsort(descending=True)[: sae.cfg.k]
+        f[b, top] = pre[b, top].clamp_min(0)
+    return f
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_matches_float64_reference(kind):
+    sae, x = perturbed(kind), inputs()
+    x_hat, f = sae(x)
+    f_ref = reference_codes(sae, x)
+    x_hat_ref = f_ref @ sae.W_dec_FD.detach().double() + sae.b_dec_D.detach().double()
+    active = (f_ref > 0).double().mean().item()
+    assert 0.02 < active < 0.9, active  # some latents on, some off: the check bites
+    torch.testing.assert_close(f.double(), f_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_hat.double(), x_hat_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.decode(f_ref.float()).double(), x_hat_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_topk_keeps_exactly_k_per_token():
+    sae, x = perturbed("topk"), inputs(64)
+    with torch.no_grad():
+        sae.b_enc_F.add_(1.0)
+    pre = sae.pre_acts(x)
+    enough = (pre > 0).sum(-1) >= K
+    assert enough.all()
+    f = sae.encode(x)
+    assert ((f > 0).sum(-1) == K).all()
+    # and they are the k largest: the smallest kept beats the largest dropped, per token
+    kept_min = f.masked_fill(f == 0, float("inf")).min(-1).values
+    dropped_max = pre.masked_fill(f > 0, float("-inf")).max(-1).values
+    assert (kept_min > dropped_max).all()
+
+
+def test_batchtopk_training_keeps_k_times_batch():
+    sae, x = perturbed("batchtopk"), inputs(64)
+    pre = sae.pre_acts(x)
+    f = batch_topk_codes(pre, K)
+    assert int((f > 0).sum()) == K * 64
+    per_token = (f > 0).sum(-1)
+    assert per_token.min() < K < per_token.max()  # a batch budget, not a per-token one
+    assert f[f > 0].min() > pre.masked_fill(f > 0, float("-inf")).max()
+    out = sae.training_loss(x, TrainContext(step=0, n_steps=10))
+    assert out.l0.item() == K
+    assert int(out.fired_F.sum()) == int((f > 0).any(0).sum())
+
+
+def test_batchtopk_threshold_is_running_mean_and_inference_is_batch_independent(tmp_path):
+    sae = perturbed("batchtopk", threshold_warmup_steps=2)
+    with torch.no_grad():
+        sae.threshold.zero_()
+        sae.threshold_count.zero_()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    smallest = []
+    for i in range(6):
+        x = inputs(64, seed=10 + i)
+        with torch.no_grad():
+            f = batch_topk_codes(sae.pre_acts(x), K)
+            smallest.append(f[f > 0].min().item())
+        out = sae.training_loss(x, TrainContext(step=i, n_steps=6))
+        if i == 1:  # the end of warm-up: θ follows the latest batch, nothing averaged yet
+            assert sae.threshold.item() == pytest.approx(smallest[1], rel=1e-6)
+            assert sae.threshold_count.item() == 0
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert sae.threshold_count.item() == 4
+    assert sae.threshold.item() == pytest.approx(sum(smallest[2:]) / 4, rel=1e-6)
+    assert out.terms["threshold"] == sae.threshold.item()
+
+    x = inputs(40, seed=99)
+    batch = sae.encode(x)
+    alone = torch.cat([sae.encode(x[i : i + 1]) for i in range(len(x))])
+    assert torch.equal(batch > 0, alone > 0)  # the same latents, whatever the batch
+    torch.testing.assert_close(batch, alone, rtol=1e-6, atol=1e-6)  # up to matmul rounding
+    assert 0 < (batch > 0).sum(-1).float().mean() < F
+
+    # the threshold and its count are saved, so a resumed mean continues exactly
+    sae.save(tmp_path / "b")
+    again = load_sae(tmp_path / "b")
+    for s in (sae, again):
+        s.training_loss(inputs(64, seed=50), TrainContext(step=6, n_steps=8))
+    assert torch.equal(sae.threshold, again.threshold) and again.threshold_count.item() == 5
+
+
+def test_jumprelu_pseudo_gradients_by_hand():
+    # ε = 0.1: the window is |z - θ| < 0.05. θ per latent; G weights each output.
+    theta = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    z0 = torch.tensor([[1.03, 2.2, 0.46],  # inside above, outside, inside below
+                       [0.96, 1.94, 0.52],  # inside below, outside (|u| = 0.6), inside above
+                       [0.5, 2.04, 0.9]],  # outside below, inside above, outside above
+                      dtype=torch.float64)
+    G = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=torch.float64)
+
+    z = z0.clone().requires_grad_()
+    out = jumprelu(z, theta, 0.1)
+    assert out.tolist() == [[1.03, 2.2, 0.0], [0.0, 0.0, 0.52], [0.0, 2.04, 0.9]]
+    (out * G).sum().backward()
+    # d/dz = G H(z - θ); d/dθ_j = -(θ_j/ε) Σ_b G_bj K_bj with K = [[1,0,1],[1,0,1],[0,1,0]]
+    assert z.grad.tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 6.0], [0.0, 8.0, 9.0]]
+    torch.testing.assert_close(theta.grad, torch.tensor([-10.0 * 5, -20.0 * 8, -5.0 * 9], dtype=torch.float64))
+
+    theta.grad = None
+    z = z0.clone().requires_grad_()
+    out = step(z, theta, 0.1)
+    assert out.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
+    (out * G).sum().backward()
+    assert z.grad.tolist() == [[0.0] * 3] * 3
+    torch.testing.assert_close(theta.grad, torch.tensor([-10.0 * 5, -10.0 * 8, -10.0 * 9], dtype=torch.float64))
+
+
+def test_losses_match_hand_computation():
+    x = inputs(32)
+    ctx = TrainContext(step=4, n_steps=100)  # warm-up over 10 steps: λ at half strength
+
+    sae = perturbed("relu", l1_coef=3.0, l1_warmup_frac=0.1)
+    with torch.no_grad():
+        sae.W_dec_FD.mul_(torch.linspace(0.5, 2.0, F)[:, None])  # non-unit rows: the norms count
+    f = reference_codes(sae, x)
+    W_dec = sae.W_dec_FD.detach().double()
+    mse = (f @ W_dec + sae.b_dec_D.detach().double() - x.double()).pow(2).sum(-1).mean()
+    expected = mse + 1.5 * (f * W_dec.norm(dim=1)).sum(-1).mean()
+    assert sae.training_loss(x, ctx).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    for target in (None, 5.0):
+        sae = perturbed("jumprelu", l0_coef=0.7, target_l0=target, target_l0_coef=40.0, l0_warmup_frac=0.1)
+        f = reference_codes(sae, x)
+        mse = (f @ sae.W_dec_FD.detach().double() + sae.b_dec_D.detach().double() - x.double()).pow(2).sum(-1).mean()
+        l0 = (f > 0).double().sum(-1).mean()
+        penalty = 0.5 * 0.7 * l0 if target is None else 0.5 * 40.0 * (l0 / target - 1) ** 2
+        out = sae.training_loss(x, ctx)
+        assert out.loss.item() == pytest.approx((mse + penalty).item(), rel=1e-5)
+        assert out.l0.item() == pytest.approx(l0.item())
+        out.loss.backward()
+        assert sae.log_threshold_F.grad.abs().sum() > 0  # the threshold learns
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_bit_exact(kind, tmp_path):
+    sae = perturbed(kind)
+    sae.cfg.hookpoint, sae.cfg.model = "resid_post.3", "stories260k"
+    sae.save(tmp_path / kind)
+    loaded = saelab.load_sae(tmp_path / kind)
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
+    before, after = sae.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+    for name in before:
+        assert after[name].dtype == before[name].dtype and torch.equal(after[name], before[name]), name
+    x = inputs()
+    assert torch.equal(loaded(x).x_hat, sae(x).x_hat)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fold_input_scale(kind):
+    sae, x, s = perturbed(kind), inputs(), 3.7
+    x_hat_scaled, f_scaled = sae(s * x)
+    folded = copy.deepcopy(sae)
+    folded.fold_input_scale(s)
+    x_hat, f = folded(x)
+    assert folded.cfg.input_scale == pytest.approx(s)
+    assert (f_scaled > 0).any()
+    torch.testing.assert_close(f, f_scaled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_hat, x_hat_scaled / s, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs(tmp_path):
+    sae = perturbed("batchtopk")
+    folder = sae.save(tmp_path / "sae")
+    weights = folder / "sae.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_sae(folder)
+
+    folder = sae.save(tmp_path / "sae2")
+    (folder / "cfg.json").unlink()
+    with pytest.raises(FileNotFoundError, match="cfg.json"):
+        load_sae(folder)
+
+    folder = sae.save(tmp_path / "sae3")
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=D + 1))
+    with pytest.raises(ValueError, match=rf"d_in={D}\b.*hidden size is {D + 1}"):
+        load_sae(folder, model=model)
+    assert load_sae(folder, model=SimpleNamespace(config=SimpleNamespace(hidden_size=D))).cfg.d_in == D
+
+    with pytest.raises(ValueError, match=rf"d_in={D}.*\(8, {D + 2}\)"):
+        sae(torch.zeros(8, D + 2))
+    with pytest.raises(ValueError, match="unknown SAE kind 'gated'"):
+        make_sae("gated", D, F)
