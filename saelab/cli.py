@@ -30,7 +30,10 @@ def quickstart(out: Path, model_name: str, hookpoint: str, tokens: int, eval_tok
     test_texts = saelab.load_corpus("medical", split="test")
     acts = saelab.harvest(model, hookpoint, train_texts, max_tokens=tokens)
     print(f"[saelab] {acts}", flush=True)
-    sae = saelab.train_sae(acts, kind="jumprelu", width=width, target_l0=target_l0, seed=seed, device=device)
+    # batch 256 at lr 1e-3: twice the steps of batch 512 for the same tokens, which the
+    # thresholds need to reach the target L0 in a short run (measured: L0 44 vs 93 at 150k tokens).
+    sae = saelab.train_sae(acts, kind="jumprelu", width=width, target_l0=target_l0, batch_size=256, lr=1e-3,
+                           seed=seed, device=device)
     sae.save(out / "sae")
     table = evaluate(sae, model, hookpoint, test_texts, max_tokens=eval_tokens)
     row = table.iloc[0].to_dict()
