@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from saelab.data import pack
-from saelab.models import default_device, first_tensor, hook_module, parse_hookpoint
+from saelab.models import first_tensor, hook_module, parse_hookpoint
 
 SINK_FACTOR = 10.0
 
@@ -131,7 +131,7 @@ class ActivationStore:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ActivationStore":
+    def load(cls, folder: str | Path) -> ActivationStore:
         """Open a saved store; activations stay on disk (memory-mapped) until gathered."""
         from safetensors.torch import load_file
 
@@ -175,7 +175,7 @@ def harvest(
     cache: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> "ActivationStore | dict[str, ActivationStore]":
+) -> ActivationStore | dict[str, ActivationStore]:
     """Run `model` over `texts` (or pre-packed token ids `[N, T]`) and keep the hookpoints.
 
     Several hookpoints are read in one pass; the trace stops after the deepest one. Returns

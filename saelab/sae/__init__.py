@@ -65,4 +65,4 @@ def load_sae(folder: str | Path, model=None, hookpoint: str | None = None, devic
 
 from saelab.sae import batchtopk, jumprelu, relu, topk  # noqa: F401  (registers the kinds)
 
-__all__ = ["SAE", "SAEConfig", "SAEOutput", "LossOutput", "TrainContext", "SAE_KINDS", "register", "make_sae", "load_sae"]
+__all__ = ["SAE", "SAE_KINDS", "LossOutput", "SAEConfig", "SAEOutput", "TrainContext", "load_sae", "make_sae", "register"]
