@@ -73,4 +73,4 @@ class BatchTopKSAE(SAE):
         aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux)
         active_BF = f_BF > 0
         return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), active_BF.sum(-1).float().mean(),
-                          active_BF.any(0), {"auxk": float(aux), "threshold": float(self.threshold)})
+                          active_BF.any(0), {"auxk": aux.detach().item(), "threshold": self.threshold.item()})

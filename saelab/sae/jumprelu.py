@@ -139,4 +139,4 @@ class JumpReLUSAE(SAE):
             coef = self.cfg.target_l0_coef * ramp
             penalty = coef * (l0 / self.cfg.target_l0 - 1).pow(2)
         return LossOutput(mse + penalty, mse.detach(), l0.detach(), (f_BF > 0).any(0),
-                          {"l0_penalty": penalty.item(), "l0_coef": coef})
+                          {"l0_penalty": penalty.detach().item(), "l0_coef": coef})

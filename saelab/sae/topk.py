@@ -67,4 +67,4 @@ class TopKSAE(SAE):
         aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux)
         fired_F = (f_BF > 0).any(0)
         return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), (f_BF > 0).sum(-1).float().mean(),
-                          fired_F, {"auxk": aux.item()})
+                          fired_F, {"auxk": aux.detach().item()})
