@@ -34,10 +34,14 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+# Benchmark the checkout this script is in, whatever saelab is installed (run from anywhere).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import saelab
 from saelab.models import first_tensor, hook_module, parse_hookpoint
 
@@ -190,7 +194,8 @@ def main() -> None:
     print(f"# harvest benchmark: model {args.model} (load {load_s:.1f} s), hookpoint {hookpoint_name}, "
           f"corpus {args.corpus}/train, batches {args.batch_size}x{args.ctx_len}, {len(batches)} batches "
           f"({n_tokens} tokens) x {args.repeats} repeats, each batch timed per method in rotating order, "
-          f"torch threads {torch.get_num_threads()}, tqdm {'on' if args.progress else 'off'}")
+          f"torch threads {torch.get_num_threads()}, tqdm {'on' if args.progress else 'off'}, "
+          f"saelab from {Path(saelab.__file__).parent}")
     print(cpu_line)
     print("# harvest is called once per batch here, so its per-call costs (tqdm setup, StoreInfo, cat) count once per batch")
     header = (f"{'method':<14} {'tokens':>7} {'total s':>8} {'median s/batch':>15} {'best s/batch':>13} "
