@@ -156,3 +156,12 @@ def pack(tokenizer, texts: list[str], ctx_len: int = 128, max_tokens: int | None
         raise ValueError(f"the texts hold {len(stream)} tokens, fewer than one context of {ctx_len}")
     body = torch.tensor(stream[: n_ctx * piece], dtype=torch.long).view(n_ctx, piece)
     return torch.cat([torch.full((n_ctx, 1), bos, dtype=torch.long), body], dim=1)
+
+
+def load_prompts(name: str = "medical") -> list[dict]:
+    """A prompt set from `data/prompts/{name}.jsonl`: dicts with `id`, `category`, `text`."""
+    path = data_dir() / "prompts" / f"{name}.jsonl"
+    if not path.exists():
+        known = sorted(p.stem for p in (data_dir() / "prompts").glob("*.jsonl"))
+        raise FileNotFoundError(f"no prompt set {name!r}; known: {known}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -38,3 +38,12 @@ def test_bad_corpus_inputs(tmp_path):
         load_corpus(str(empty))
     with pytest.raises(ValueError, match="empty"):
         pack(None, [])
+
+
+def test_medical_prompt_set():
+    prompts = saelab.data.load_prompts("medical")
+    assert len(prompts) >= 30
+    assert {p["category"] for p in prompts} == {"symptom", "drug", "diagnosis", "procedure"}
+    assert len({p["text"] for p in prompts}) == len(prompts)
+    with pytest.raises(FileNotFoundError, match="no prompt set"):
+        saelab.data.load_prompts("veterinary")
