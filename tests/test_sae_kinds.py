@@ -240,3 +240,19 @@ def test_bad_inputs(tmp_path):
         sae(torch.zeros(8, D + 2))
     with pytest.raises(ValueError, match="unknown SAE kind 'gated'"):
         make_sae("gated", D, F)
+
+
+def test_sparse_and_dense_topk_decoders_agree_in_value_and_gradient():
+    x = torch.randn(64, 16) * 3
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[::3] = True
+    grads = {}
+    for sparse in (True, False):
+        sae = saelab.make_sae("topk", 16, 96, k=6, k_aux=5, sparse_decoder=sparse, seed=3)
+        out = sae.training_loss(x, TrainContext(0, 10, dead))
+        out.loss.backward()
+        grads[sparse] = (out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()})
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=1e-5, atol=1e-5)
+    for name, g in grads[True][1].items():
+        torch.testing.assert_close(g, grads[False][1][name], rtol=1e-5, atol=1e-5)
+    assert grads[True][0] > 0 and grads[True][1]["W_dec_FD"].abs().sum() > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from saelab.sae import register
 from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, sq_error
@@ -19,6 +20,7 @@ class TopKConfig(SAEConfig):
     k: int = 32
     k_aux: int | None = None  # None: d_in // 2
     aux_coef: float = 1 / 32
+    sparse_decoder: bool = True  # False: the dense reference decoder (same numbers, to ~1e-6)
 
 
 def topk_codes(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +34,21 @@ def scatter_codes(values_BK: torch.Tensor, idx_BK: torch.Tensor, width: int) -> 
     return values_BK.new_zeros(values_BK.shape[0], width).scatter_(-1, idx_BK, values_BK)
 
 
-def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None, k_aux: int):
+def decode_topk(W_dec_FD: torch.Tensor, values_BK: torch.Tensor, idx_BK: torch.Tensor, sparse: bool = True) -> torch.Tensor:
+    """`Σ_j values[b, j] W_dec[idx[b, j]]`, `[B, D]` (no bias).
+
+    sparse: `embedding_bag` gathers the k rows per token, O(B·k·D), and its backward only
+    touches those rows; the dense reference scatters to `[B, F]` and multiplies, O(B·F·D)
+    forward and twice that backward. At k=32, width 4608 the sparse path made the whole
+    TopK step ~2x faster on 2 cores (benchmarks/train_step.py).
+    """
+    if sparse:
+        return F.embedding_bag(idx_BK, W_dec_FD, per_sample_weights=values_BK, mode="sum")
+    return scatter_codes(values_BK, idx_BK, W_dec_FD.shape[0]) @ W_dec_FD
+
+
+def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None, k_aux: int,
+              sparse: bool = True):
     """`||e - e_hat||^2 / ||e - mean e||^2` where the top dead latents reconstruct `e` (no bias).
 
     Scaled by `min(n_dead / k_aux, 1)` as METHODS.md says; zero when nothing is dead.
@@ -43,7 +59,7 @@ def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torc
     k = min(k_aux, n_dead)
     dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
     values_BK, idx_BK = dead_pre_BF.topk(k, dim=-1, sorted=False)
-    e_hat_BD = scatter_codes(values_BK.relu(), idx_BK, pre_BF.shape[-1]) @ sae.W_dec_FD
+    e_hat_BD = decode_topk(sae.W_dec_FD, values_BK.relu(), idx_BK, sparse)
     denom = (err_BD - err_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
     return min(n_dead / k_aux, 1.0) * sq_error(err_BD, e_hat_BD) / denom
 
@@ -60,11 +76,13 @@ class TopKSAE(SAE):
     def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
         pre_BF = self.pre_acts(x_BD)
         values_BK, idx_BK = topk_codes(pre_BF, self.cfg.k)
-        f_BF = scatter_codes(values_BK, idx_BK, self.cfg.width)
-        x_hat_BD = self.decode(f_BF)
+        sparse = self.cfg.sparse_decoder
+        x_hat_BD = decode_topk(self.W_dec_FD, values_BK, idx_BK, sparse) + self.b_dec_D
         mse = sq_error(x_BD, x_hat_BD)
         k_aux = self.cfg.k_aux or self.cfg.d_in // 2
-        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux)
-        fired_F = (f_BF > 0).any(0)
-        return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), (f_BF > 0).sum(-1).float().mean(),
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux, sparse)
+        active_BK = values_BK > 0
+        fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
+        fired_F[idx_BK[active_BK]] = True
+        return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(),
                           fired_F, {"auxk": aux.detach().item()})
