@@ -3,20 +3,25 @@
 __version__ = "0.1.0"
 
 from saelab.activations import ActivationStore, harvest
-from saelab.data import load_corpus, pack
+from saelab.compare import compare_domains
+from saelab.data import load_corpus, load_prompts, pack
+from saelab.metrics import evaluate
 from saelab.models import hookpoint_names, load_model
 from saelab.sae import SAE_KINDS, load_sae, make_sae
 from saelab.train import train_sae
 
 __all__ = [
-           "SAE_KINDS",
-           "ActivationStore",
-           "harvest",
-           "hookpoint_names",
-           "load_corpus",
-           "load_model",
-           "load_sae",
-           "make_sae",
-           "pack",
-           "train_sae",
+    "SAE_KINDS",
+    "ActivationStore",
+    "compare_domains",
+    "evaluate",
+    "harvest",
+    "hookpoint_names",
+    "load_corpus",
+    "load_model",
+    "load_prompts",
+    "load_sae",
+    "make_sae",
+    "pack",
+    "train_sae",
 ]
