@@ -1,5 +1,6 @@
 """ipywidgets dashboards over the saelab core."""
 
+from .feature_explorer import FeatureExplorer
 from .metrics_dashboard import MetricsDashboard
 
-__all__ = ["MetricsDashboard"]
+__all__ = ["FeatureExplorer", "MetricsDashboard"]

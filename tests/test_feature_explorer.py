@@ -1,0 +1,242 @@
+"""FeatureExplorer on stories260K with a random ReLU SAE: views, search, buttons, notebook."""
+
+import re
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+from saelab.widgets import FeatureExplorer
+from saelab.widgets.feature_explorer import _show_piece
+
+import saelab
+from saelab.data import load_prompts
+from saelab.features import is_medical_piece, latent_histogram, latents_on_text, top_contexts
+
+HOOK = "resid_post.2"
+CAT = "Once upon a time there was a cat"
+
+
+@pytest.fixture(scope="module")
+def store(stories, medical_texts):
+    return saelab.harvest(stories, HOOK, medical_texts, max_tokens=2048, ctx_len=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sae():
+    sae = saelab.make_sae("relu", 64, 128, seed=0)
+    sae.cfg.hookpoint = HOOK
+    return sae
+
+
+@pytest.fixture(scope="module")
+def explorer(sae, stories, store):
+    return FeatureExplorer(sae, stories, HOOK, store, top_k=10, window=4)
+
+
+def alive(explorer):
+    return (explorer.stats.count_F > 0).nonzero().squeeze(1).tolist()
+
+
+def activating_tokens(contexts_html):
+    """The text of every highlighted activating token in the contexts view, in order."""
+    return re.findall(r"<span class='fe-act'[^>]*>(.*?)</span>", contexts_html)
+
+
+def test_builds_with_stats_and_first_alive_latent(explorer, store):
+    assert explorer.widget is explorer
+    assert explorer.stats.n_tokens == len(store)
+    assert explorer.stats.top_index_FK.shape == (128, 10)
+    first = alive(explorer)[0]
+    assert explorer.latent.value == first
+    assert (explorer.latent.min, explorer.latent.max) == (0, 127)
+    assert f"latent {first}" in explorer.header_html.value
+    assert len(explorer.histogram.data) == 1
+    assert "promoted" in explorer.logits_html.value and "suppressed" in explorer.logits_html.value
+    assert explorer.prompt.value == load_prompts("medical")[0]["text"]
+
+
+def test_latent_change_updates_every_view(explorer, sae, stories, store):
+    latent = alive(explorer)[-1]
+    assert latent != explorer.latent.value
+    explorer.latent.value = latent
+    stats = explorer.stats
+
+    header = explorer.header_html.value
+    assert f"latent {latent}" in header
+    assert f"{float(stats.density_F[latent]):.4g}" in header
+    assert f"{int(stats.count_F[latent])} of {len(store)} tokens" in header
+    assert f"{float(stats.max_act_F[latent]):.3g}" in header
+
+    expected = top_contexts(stats, store, stories.tokenizer, latent, window=4, sae=sae)
+    assert expected  # an alive latent has contexts
+    html_ = explorer.contexts_html.value
+    assert activating_tokens(html_) == [_show_piece(c.token) for c in expected]
+    for c in expected:  # every neighbour is shown too, highlighted by its code
+        for piece in (*c.left, *c.right):
+            assert f">{_show_piece(piece)}</span>" in html_
+        assert f"title='{max(a for a in c.window_acts if a is not None):.4g}'" in html_
+    assert "rgba(255,140,0,1.000)" in html_  # the strongest context is fully highlighted
+
+    hist = latent_histogram(sae, store, latent, n_bins=30)
+    bar = explorer.histogram.data[0]
+    assert list(bar.y) == hist.counts_B.tolist()
+    assert sum(bar.y) == int(stats.count_F[latent])
+    centres = ((hist.edges_B1[1:] + hist.edges_B1[:-1]) / 2).tolist()
+    assert list(bar.x) == pytest.approx(centres, rel=1e-5)
+    assert str(latent) in explorer.histogram.layout.title.text
+
+    # another latent: everything moves on
+    other = alive(explorer)[0]
+    explorer.latent.value = other
+    expected = top_contexts(stats, store, stories.tokenizer, other, window=4)
+    assert activating_tokens(explorer.contexts_html.value) == [_show_piece(c.token) for c in expected]
+    assert list(explorer.histogram.data[0].y) == latent_histogram(sae, store, other).counts_B.tolist()
+
+
+def test_labels_hook_used_in_headers(explorer):
+    latent = explorer.latent.value
+    assert explorer.latent_label(latent) == f"latent {latent}"
+    try:
+        explorer.labels = {latent: "<cat> detector"}
+        explorer.refresh()
+        assert "&lt;cat&gt; detector" in explorer.header_html.value
+        explorer.labels = lambda f: f"feature #{f}"
+        assert explorer.latent_label(3) == "feature #3"
+    finally:
+        explorer.labels = None
+        explorer.refresh()
+
+
+def test_search_lists_latents_with_that_top_token(explorer, stories, store):
+    stats = explorer.stats
+    # a top token that is a real word, so the query is specific
+    latent, query = next(
+        (f, c.token.strip()) for f in alive(explorer)
+        for c in top_contexts(stats, store, stories.tokenizer, f, window=0)
+        if len(c.token.strip()) >= 3 and c.token.strip().isalpha()
+    )
+    explorer.search.value = query.upper()  # case-insensitive
+    listed = [v for _, v in explorer.matches.options if v is not None]
+    assert latent in listed
+    assert listed == explorer.search_latents(query)
+    for f in listed:
+        tokens = [c.token.lower() for c in top_contexts(stats, store, stories.tokenizer, f, window=0)]
+        assert any(query.lower() in t for t in tokens)
+    assert explorer.matches.value is None  # listing does not jump
+    explorer.matches.value = latent
+    assert explorer.latent.value == latent
+    assert any(query.lower() in t.lower() for t in activating_tokens(explorer.contexts_html.value))
+
+    explorer.search.value = "zzqqxx-no-such-token"
+    assert [v for _, v in explorer.matches.options] == [None]
+    explorer.search.value = ""
+    assert explorer.search_latents("  ") == []
+
+
+def test_most_medical_picks_highest_share_then_density(explorer, stories, store):
+    stats = explorer.stats
+    words = sorted({
+        c.token.strip().lower() for f in alive(explorer)
+        for c in top_contexts(stats, store, stories.tokenizer, f, window=0)
+        if len(c.token.strip()) >= 4 and c.token.strip().isalpha()
+    })
+    assert words, "need a >= 4-letter top token to build a vocabulary"
+    vocabulary = set(words[:3])
+    shares = {}
+    for f in alive(explorer):
+        tokens = [stories.tokenizer.convert_ids_to_tokens(int(store.tokens_CT[store.context_N[r], store.position_N[r]]))
+                  for r in stats.top_index_FK[f].tolist() if r >= 0]
+        shares[f] = sum(is_medical_piece(t, vocabulary) for t in tokens) / len(tokens)
+    expected = max(shares, key=lambda f: (shares[f], float(stats.density_F[f]), -f))
+    assert shares[expected] > 0
+    try:
+        explorer.vocabulary = vocabulary
+        torch.testing.assert_close(
+            explorer.medical_shares()[alive(explorer)],
+            torch.tensor([shares[f] for f in alive(explorer)], dtype=torch.float64),
+        )
+        explorer.latent.value = next(f for f in alive(explorer) if f != expected)
+        explorer.most_medical.click()
+        assert explorer.latent.value == expected
+        assert "most medical" in explorer.status.value
+
+        explorer.vocabulary = {"zzzzqqqq"}  # nothing qualifies: stay put and say so
+        explorer.most_medical.click()
+        assert explorer.latent.value == expected
+        assert "no alive latent" in explorer.status.value
+    finally:
+        explorer.vocabulary = None
+    # the real vocabulary (SAELAB_SHARED): an alive latent or an explicit "none"
+    best = explorer.most_medical_latent()
+    assert best is None or best in alive(explorer)
+
+
+def test_show_prompt_one_span_per_token(explorer, sae, stories):
+    expected = latents_on_text(sae, stories, HOOK, CAT, top_n=5)
+    returned = explorer.show_prompt(CAT)
+    assert returned == expected == explorer.prompt_tokens
+    page = explorer.prompt_html.value
+    spans = re.findall(r"<span class='fe-token'.*?</small></span>", page)
+    assert len(spans) == len(expected) == page.count("class='fe-token'")
+    for span, tok in zip(spans, expected, strict=True):
+        assert f"<code style='white-space:pre'>{_show_piece(tok.token)}</code>" in span
+        listing = re.search(r"<small class='fe-latents'>(.*?)</small>", span).group(1)
+        ids = [int(item.split(":")[0]) for item in listing.split("<br>") if item != "—"]
+        assert ids == [f for f, _ in tok.latents]
+    assert "rgba(255,140,0,1.000)" in page  # the strongest token is fully highlighted
+
+    explorer.prompt.value = "There was a dog"
+    explorer.run_prompt.click()
+    assert explorer.prompt_tokens == latents_on_text(sae, stories, HOOK, "There was a dog", top_n=5)
+    assert explorer.prompt_html.value.count("class='fe-token'") == len(explorer.prompt_tokens)
+
+
+def test_validation_errors(explorer, stories, store):
+    with pytest.raises(ValueError, match=r"d_in=64.*d_in=32"):
+        FeatureExplorer(saelab.make_sae("relu", 32, 128, seed=0), stories, HOOK, store)
+    wrong = saelab.make_sae("relu", 64, 128, seed=0)
+    wrong.cfg.hookpoint = "resid_post.1"
+    with pytest.raises(ValueError, match="resid_post.1"):
+        FeatureExplorer(wrong, stories, HOOK, store)
+    with pytest.raises(ValueError, match="store was harvested at 'resid_post.2'"):
+        FeatureExplorer(saelab.make_sae("relu", 64, 128, seed=0), stories, "resid_post.1", store)
+    with pytest.raises(ValueError, match="store=.*corpus="):
+        FeatureExplorer(saelab.make_sae("relu", 64, 128, seed=0), stories, HOOK)
+    with pytest.raises(ValueError, match="out of range"):
+        FeatureExplorer(saelab.make_sae("relu", 64, 128, seed=0), stories, HOOK, store, latent=128)
+    with pytest.raises(ValueError, match=r"out of range.*0 \.\. 127"):
+        explorer.set_latent(-1)
+    explorer.latent.value = 1000  # the box clamps
+    assert explorer.latent.value == 127
+    assert "latent 127" in explorer.header_html.value
+
+
+def test_corpus_instead_of_store(stories, medical_texts):
+    sae = saelab.make_sae("relu", 64, 128, seed=0)  # cfg.hookpoint left empty
+    ex = FeatureExplorer(sae, stories, HOOK, corpus=medical_texts[:40], max_tokens=1024, ctx_len=64, latent=7)
+    assert 0 < len(ex.store) <= 1024
+    assert ex.store.info.hookpoint == HOOK
+    assert ex.latent.value == 7 and "latent 7" in ex.header_html.value
+
+
+def test_renders_in_notebook(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(
+            "import saelab\nfrom saelab.widgets import FeatureExplorer\n"
+            "model = saelab.load_model('stories260k', device='cpu')\n"
+            "texts = saelab.load_corpus('medical', split='train', max_texts=60)\n"
+            "store = saelab.harvest(model, 'resid_post.2', texts, max_tokens=1024, ctx_len=64, progress=False)\n"
+            "sae = saelab.make_sae('relu', 64, 128, seed=0)"
+        ),
+        nbformat.v4.new_code_cell("ex = FeatureExplorer(sae, model, 'resid_post.2', store)\nex"),
+        nbformat.v4.new_code_cell(
+            "ex.latent.value = 5\nassert 'latent 5' in ex.header_html.value\n"
+            "ex.run_prompt.click()\nassert ex.prompt_html.value.count(\"class='fe-token'\") == len(ex.prompt_tokens) > 0"
+        ),
+    ])
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
