@@ -59,7 +59,14 @@ def _read_source(source: dict) -> list[tuple[str, str]]:
             rid = key if key is not None else record.get(source.get("id", ""), line_no)
             rows.append((f"{name}:{rid}", _record_text(record, source["text"])))
         return rows
-    return _read_hub(source)
+    try:
+        return _read_hub(source)
+    except Exception as err:  # offline, or the hub refuses: say where we looked first
+        where = path if path is not None else "$SAELAB_SHARED (not set, and no ../shared beside the checkout)"
+        raise FileNotFoundError(
+            f"corpus source {name!r}: no local file at {where}, and the hub dataset {source.get('hub')!r} "
+            f"could not be loaded ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _read_hub(source: dict) -> list[tuple[str, str]]:

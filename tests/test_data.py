@@ -47,3 +47,11 @@ def test_medical_prompt_set():
     assert len({p["text"] for p in prompts}) == len(prompts)
     with pytest.raises(FileNotFoundError, match="no prompt set"):
         saelab.data.load_prompts("veterinary")
+
+
+def test_missing_local_corpus_names_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAELAB_SHARED", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"no local file at .*medquad\.jsonl.*lavita/MedQuAD"):
+        load_corpus("medical")
