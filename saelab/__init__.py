@@ -7,12 +7,13 @@ from saelab.compare import compare_domains
 from saelab.data import load_corpus, load_prompts, pack
 from saelab.metrics import evaluate
 from saelab.models import hookpoint_names, load_model
-from saelab.sae import SAE_KINDS, load_sae, make_sae
-from saelab.train import train_sae
+from saelab.sae import SAE_KINDS, ResidualSAE, load_sae, make_sae
+from saelab.train import train_residual, train_sae
 
 __all__ = [
     "SAE_KINDS",
     "ActivationStore",
+    "ResidualSAE",
     "compare_domains",
     "evaluate",
     "harvest",
@@ -23,5 +24,6 @@ __all__ = [
     "load_sae",
     "make_sae",
     "pack",
+    "train_residual",
     "train_sae",
 ]

@@ -191,3 +191,122 @@ def error_bars_figure(table: pd.DataFrame, evaluated_on: str | None = None) -> g
     fig.update_yaxes(title_text="share of activation variance (FVU)", row=1, col=1)
     fig.update_layout(title="SAE error: linearly predictable vs nonlinear part", barmode="stack", height=460)
     return fig
+
+
+# --- residual SAEs (Koriagin et al., arXiv 2507.12990) -------------------------------------
+RESIDUAL_METRICS = ["l0", "explained_variance", "fvu", "ce_loss_recovered", "delta_ce", "kl", "dead_fraction"]
+RESIDUAL_COLUMNS = ["sae", "role", "residual_width", "total_width", "evaluated_on", *RESIDUAL_METRICS,
+                    "ce_loss_recovered_vs_base", "explained_variance_vs_base"]
+
+
+def l0_target_of(sae) -> float | None:
+    """The L0 an SAE was asked for: JumpReLU's target_l0 or TopK's k (None if it has neither)."""
+    return getattr(sae.cfg, "target_l0", None) or getattr(sae.cfg, "k", None)
+
+
+def compare_residual(model, hookpoint: str, base, domain: str = "medical", broad: str = "broad",
+                     widths=(1152, 2304, 4608), kind: str = "topk", k: int = 16, tokens: int = 200_000,
+                     eval_tokens: int = 8192, domain_only: bool = True, seed: int = 0,
+                     out: str | Path | None = None, device=None, progress: bool = True,
+                     **train_options) -> pd.DataFrame:
+    """Base vs base + residual vs a domain-only SAE, on held-out domain and broad text.
+
+    `base` is a frozen SAE (typically a broad one from `compare_domains`). For each width
+    in `widths` a residual SAE of `kind` (L0 `k`) is trained with `saelab.train_residual`
+    on the first `tokens` tokens of `domain`'s train split (harvested once). With
+    `domain_only`, a `base.cfg.kind` SAE of the same total width and total L0 target
+    (`base`'s target + `k`) is trained from scratch on the same tokens. Everything is
+    evaluated on `eval_tokens` tokens of each test split.
+
+    Returns one row per (SAE, evaluation set): `RESIDUAL_COLUMNS`, with `role` one of base,
+    base+residual, domain-only and `*_vs_base` the ratio to the base on that evaluation
+    set (broad `ce_loss_recovered_vs_base` >= 0.99 is the paper's retention claim). With
+    `out`, SAEs go to `out/<sae>/` and the table to `out/table.csv`.
+    """
+    from saelab.train import train_residual
+
+    base_target = l0_target_of(base)
+    if domain_only and base_target is None:
+        raise ValueError(f"a {base.cfg.kind} base has no L0 target to match; pass domain_only=False")
+    out = Path(out) if out is not None else None
+    store = harvest(model, hookpoint, load_corpus(domain, split="train"), max_tokens=tokens, device=device,
+                    progress=progress)
+    saes = {"base": base}
+    roles = {"base": ("base", 0)}
+    for width in widths:
+        name = f"base+{domain}_residual-w{width}"
+        saes[name] = train_residual(base, store, width=width, kind=kind, name=domain, seed=seed, device=device,
+                                    progress=progress, **{**train_options, **kind_options(kind, k)})
+        roles[name] = ("base+residual", width)
+        if domain_only:
+            total = base.cfg.width + width
+            only = f"{domain}-only-w{total}"
+            defaults = JUMPRELU_DEFAULTS if base.cfg.kind == "jumprelu" else {}
+            saes[only] = train_sae(store, kind=base.cfg.kind, width=total, seed=seed, device=device,
+                                   progress=progress, **{**defaults, **train_options},
+                                   **kind_options(base.cfg.kind, base_target + k))
+            roles[only] = ("domain-only", width)
+    del store
+    if out is not None:
+        for name, sae in saes.items():
+            if name != "base":
+                sae.save(out / name)
+    tables = []
+    for corpus in (domain, broad):
+        scores = evaluate(saes, model, hookpoint, load_corpus(corpus, split="test"), max_tokens=eval_tokens,
+                          linear=False, device=device, progress=progress)
+        scores["evaluated_on"] = corpus
+        base_row = scores[scores["sae"] == "base"].iloc[0]
+        scores["ce_loss_recovered_vs_base"] = scores["ce_loss_recovered"] / base_row["ce_loss_recovered"]
+        scores["explained_variance_vs_base"] = scores["explained_variance"] / base_row["explained_variance"]
+        tables.append(scores)
+    table = pd.concat(tables, ignore_index=True)
+    table["role"] = [roles[name][0] for name in table["sae"]]
+    table["residual_width"] = [roles[name][1] for name in table["sae"]]
+    table["total_width"] = base.cfg.width + table["residual_width"]
+    table = table[RESIDUAL_COLUMNS]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "table.csv", index=False)
+    return table
+
+
+def retention_figure(table: pd.DataFrame, domain: str = "medical", broad: str = "broad",
+                     gain: str = "ce_loss_recovered") -> go.Figure:
+    """Domain gain vs general retention: each SAE's `gain` metric on `domain` text minus the
+    base's (y) against its broad CE loss recovered as a share of the base's (x)."""
+    dom = table[table["evaluated_on"] == domain].set_index("sae")
+    gen = table[table["evaluated_on"] == broad].set_index("sae")
+    if dom.empty or gen.empty:
+        raise ValueError(f"the table needs rows evaluated on {domain!r} and {broad!r}")
+    base_gain = dom.loc[dom["role"] == "base", gain].iloc[0]
+    fig = go.Figure()
+    styles = {"base": ("#888888", "circle"), "base+residual": ("#e45756", "diamond"),
+              "domain-only": ("#4c78a8", "square")}
+    for role, (color, symbol) in styles.items():
+        names = dom.index[dom["role"] == role]
+        if len(names) == 0:
+            continue
+        fig.add_trace(go.Scatter(
+            x=100 * gen.loc[names, "ce_loss_recovered_vs_base"], y=dom.loc[names, gain] - base_gain,
+            mode="markers+text", name=role, text=[f"+{w}" if w else "" for w in dom.loc[names, "residual_width"]],
+            textposition="top center", marker={"color": color, "symbol": symbol, "size": 11},
+            hovertext=list(names)))
+    fig.add_vline(x=99, line_dash="dot", annotation_text="99% of base")
+    fig.update_layout(title=f"{domain} gain vs {broad} retention", height=420,
+                      xaxis_title=f"{broad} CE loss recovered, % of the base SAE's",
+                      yaxis_title=f"{domain} {gain}: gain over the base SAE")
+    return fig
+
+
+def redundancy_figure(redundancy, block: str = "residual", reference: str = "base") -> go.Figure:
+    """Histograms of each `block` decoder row's largest |cosine| with the `reference` rows,
+    beside the reference's own nearest-neighbour cosines (`features.decoder_redundancy`)."""
+    fig = go.Figure()
+    for values, name, color in ((redundancy.reference_F, f"{reference} row vs other {reference} rows", "#888888"),
+                                (redundancy.block_F, f"{block} row vs {reference} rows", "#e45756")):
+        fig.add_trace(go.Histogram(x=values.tolist(), name=name, marker_color=color, opacity=0.6,
+                                   histnorm="probability", xbins={"start": 0, "end": 1, "size": 0.02}))
+    fig.update_layout(barmode="overlay", height=380, title=f"Decoder redundancy: {block} vs {reference}",
+                      xaxis_title="largest |cosine| with a reference decoder row", yaxis_title="share of rows")
+    return fig

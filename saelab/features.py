@@ -83,6 +83,13 @@ class FrequentTokens(NamedTuple):
     tokens: list[str]
 
 
+class Redundancy(NamedTuple):
+    """How far one block's decoder rows repeat another's (`decoder_redundancy`)."""
+
+    block_F: torch.Tensor  # [F_block] each row's largest |cosine| with any reference row
+    reference_F: torch.Tensor  # [F_ref] each reference row's largest |cosine| with another reference row
+
+
 # --- helpers --------------------------------------------------------------------------------
 def token_str(tokenizer, token_id: int) -> str:
     """A readable token piece: the tokenizer's piece with the word-start marker as a space."""
@@ -417,3 +424,36 @@ def concept_alignment(sae, store, tokenizer, vocabulary: set[str] | None = None,
         "medical_latents": medical_latents,
         "frequent_latents": frequent_latents,
     }
+
+
+@torch.no_grad()
+def decoder_redundancy(sae, block: str | None = None, reference: str = "base", chunk: int = 4096) -> Redundancy:
+    """Largest |cosine| between each decoder row of `block` and the rows of `reference`.
+
+    For a residual SAE: does the residual learn new directions or re-learn the base's?
+    `block` defaults to the last residual. `reference_F` (each base row against the other
+    base rows) is the yardstick: how close two distinct latents of one SAE usually are.
+    """
+    if not hasattr(sae, "blocks"):
+        raise ValueError("decoder_redundancy compares the blocks of a residual SAE (saelab.ResidualSAE)")
+    blocks = {b.name: b for b in sae.blocks}
+    block = block or sae.blocks[-1].name
+    for name in (block, reference):
+        if name not in blocks:
+            raise ValueError(f"no block {name!r}; the SAE has {list(blocks)}")
+    W_FD = sae.W_dec_FD.detach().float()
+    W_FD = W_FD / W_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    ref_RD = W_FD[blocks[reference].start : blocks[reference].stop]
+
+    def max_cos(rows_ND: torch.Tensor, exclude_self: bool) -> torch.Tensor:
+        out = []
+        for start in range(0, len(rows_ND), chunk):
+            cos_NR = (rows_ND[start : start + chunk] @ ref_RD.T).abs()
+            if exclude_self:
+                idx = torch.arange(start, min(start + chunk, len(rows_ND)))
+                cos_NR[idx - start, idx] = 0.0
+            out.append(cos_NR.max(1).values)
+        return torch.cat(out)
+
+    return Redundancy(max_cos(W_FD[blocks[block].start : blocks[block].stop], block == reference),
+                      max_cos(ref_RD, True))

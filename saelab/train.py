@@ -188,6 +188,7 @@ def train_sae(
         if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < n_steps:
             checkpoint(step + 1)
     bar.close()
+    optimizer.zero_grad(set_to_none=True)  # the SAE leaves without stale gradients (memory, frozen reuse)
     if ckpt is not None and state["step"] < n_steps:
         checkpoint(n_steps)  # a finished run: calling again with this folder returns the same SAE
 
@@ -195,3 +196,56 @@ def train_sae(
     sae.cfg.training = {**asdict(cfg), "n_steps": n_steps, "store_tokens": len(acts)}
     sae.history = history
     return sae
+
+
+class ErrorStore:
+    """A view of a store whose rows are the error a frozen SAE leaves, `x - sae(x).x_hat`.
+
+    What `train_residual` trains on: the error is computed per batch from the store's
+    activations, so nothing the size of the store is held twice.
+    """
+
+    def __init__(self, acts: ActivationStore, sae, chunk: int = 4096):
+        self.acts, self.sae, self.chunk, self.info = acts, sae, chunk, acts.info
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+    @property
+    def d_in(self) -> int:
+        return self.acts.d_in
+
+    @torch.no_grad()
+    def errors(self, x_ND: torch.Tensor) -> torch.Tensor:
+        param = next(self.sae.parameters())
+        out = [x - self.sae(x.to(param.device, param.dtype)).x_hat.to(x) for x in x_ND.split(self.chunk)]
+        return torch.cat(out) if out else x_ND
+
+    def get(self, index_N: torch.Tensor) -> torch.Tensor:
+        return self.errors(self.acts.get(index_N))
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        return self.errors(self.acts.sample(n, seed=seed))
+
+
+def train_residual(base, acts: ActivationStore, width: int = 1152, kind: str = "topk", name: str = "residual",
+                   **train_options):
+    """Train a residual SAE on what `base` leaves of `acts` and return `ResidualSAE(base, [residual])`.
+
+    `base` stays frozen (its parameters get `requires_grad=False`; they are never in the
+    optimiser). The residual is an SAE of `kind` and `width` with no decoder bias, trained
+    by `train_sae` on `x - base(x)`; `train_options` go to `train_sae` (k=, target_l0=,
+    tokens=, lr=, seed=, ...). If `base` is already a `ResidualSAE`, the new residual is
+    trained on what all its blocks leave and stacked on top, named `name`.
+    """
+    from saelab.sae import ResidualSAE
+
+    if acts.d_in != base.cfg.d_in:
+        raise ValueError(f"the base SAE takes d_in={base.cfg.d_in} but the store holds d_in={acts.d_in}")
+    if base.cfg.hookpoint and acts.info.hookpoint and base.cfg.hookpoint != acts.info.hookpoint:
+        raise ValueError(f"the base SAE was trained on {base.cfg.hookpoint}, the store holds {acts.info.hookpoint}")
+    base.requires_grad_(False)
+    residual = train_sae(ErrorStore(acts, base), kind=kind, width=width, decoder_bias=False, **train_options)
+    if isinstance(base, ResidualSAE):
+        return ResidualSAE(base.base, [*base.residuals, residual], [*base.cfg.blocks[1:], name])
+    return ResidualSAE(base, [residual], [name])

@@ -4,9 +4,10 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 import saelab
-from saelab import compare
+from saelab import compare, features
 from saelab.compare import (
     COLUMNS,
     METRICS,
@@ -112,3 +113,57 @@ def test_figures_render_to_html(run):
     for fig in (pareto_figure(table), ce_figure(table), error_bars_figure(table)):
         assert "plotly" in fig.to_html(include_plotlyjs=False)
     assert (out / "medical-jumprelu-w128-l0_8-s1" / "cfg.json").exists()
+
+
+# --- residual SAEs -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def residual_run(stories, medical_texts, tmp_path_factory):
+    broad = saelab.harvest(stories, HOOK, saelab.load_corpus("broad", split="train", max_texts=400),
+                           max_tokens=4096, progress=False)
+    base = saelab.train_sae(broad, kind="topk", width=64, k=4, batch_size=64, progress=False)
+    out = tmp_path_factory.mktemp("residual")
+    table = compare.compare_residual(stories, HOOK, base, widths=(32, 64), k=4, tokens=4096, eval_tokens=1024,
+                                     out=out, progress=False, batch_size=64)
+    return base, table, out
+
+
+def test_residual_table_roles_and_ratios(residual_run):
+    _, table, out = residual_run
+    assert list(table.columns) == compare.RESIDUAL_COLUMNS
+    assert not table.isna().any().any()
+    assert len(table) == 2 * (1 + 2 + 2)
+    for corpus, rows in table.groupby("evaluated_on"):
+        roles = rows.set_index("sae")["role"].to_dict()
+        assert sorted(roles.values()) == ["base", "base+residual", "base+residual", "domain-only", "domain-only"]
+        base_row = rows[rows["role"] == "base"].iloc[0]
+        assert base_row["ce_loss_recovered_vs_base"] == 1.0
+        for r in rows.itertuples():
+            assert r.ce_loss_recovered_vs_base == pytest.approx(r.ce_loss_recovered / base_row["ce_loss_recovered"])
+    both = table[table["role"] == "base+residual"]
+    base_l0 = table[table["role"] == "base"].set_index("evaluated_on")["l0"]
+    # The combined code adds at most k=4 residual latents per token to the base's.
+    assert (both["l0"] <= both["evaluated_on"].map(base_l0) + 4 + 1e-9).all()
+    assert set(table["total_width"]) == {64, 96, 128}
+    loaded = saelab.load_sae(out / "base+medical_residual-w32")
+    assert loaded.cfg.blocks == ["base", "medical"] and loaded.cfg.block_widths == [64, 32]
+    assert (out / "medical-only-w128" / "cfg.json").exists()
+    # The residual was trained on medical text, so it helps most there.
+    med = table[(table["evaluated_on"] == "medical")].set_index("sae")
+    assert med.loc["base+medical_residual-w64", "explained_variance"] > med.loc["base", "explained_variance"]
+
+
+def test_residual_figures_and_redundancy(residual_run):
+    base, table, out = residual_run
+    fig = compare.retention_figure(table)
+    assert {t.name for t in fig.data} == {"base", "base+residual", "domain-only"}
+    combined = saelab.load_sae(out / "base+medical_residual-w64")
+    red = features.decoder_redundancy(combined)
+    assert red.block_F.shape == (64,) and red.reference_F.shape == (64,)
+    W = combined.W_dec_FD / combined.W_dec_FD.norm(dim=1, keepdim=True)
+    cos = (W[64:] @ W[:64].T).abs()
+    assert torch.allclose(red.block_F, cos.max(1).values, atol=1e-6)
+    self_cos = (W[:64] @ W[:64].T).abs().fill_diagonal_(0)
+    assert torch.allclose(red.reference_F, self_cos.max(1).values, atol=1e-6)
+    assert len(compare.redundancy_figure(red).data) == 2
+    with pytest.raises(ValueError, match="residual SAE"):
+        features.decoder_redundancy(base)

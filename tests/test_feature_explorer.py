@@ -240,3 +240,21 @@ def test_renders_in_notebook(tmp_path):
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_residual_sae_latents_are_labelled_by_block(sae, stories, store):
+    residual = saelab.make_sae("topk", 64, 32, seed=1, k=4, decoder_bias=False)
+    combined = saelab.ResidualSAE(sae, [residual], ["medical"])
+    explorer = FeatureExplorer(combined, stories, HOOK, store, top_k=5, window=2)
+    assert explorer.n_latents == 128 + 32
+    assert explorer.latent_label(3) == "base latent 3 (#3)"
+    assert explorer.latent_label(130) == "medical latent 2 (#130)"
+    residual_alive = [i for i in alive(explorer) if i >= 128]
+    assert residual_alive, "a random TopK residual fires on something"
+    explorer.latent.value = residual_alive[0]
+    assert f"medical latent {residual_alive[0] - 128}" in explorer.header_html.value
+    # The residual block's statistics are those of the residual SAE run on the base's error.
+    x = store.get(torch.arange(len(store)))
+    with torch.no_grad():
+        f_res = residual.encode(x - sae(x).x_hat)
+    assert explorer.stats.count_F[128:].tolist() == (f_res > 0).sum(0).tolist()

@@ -197,13 +197,18 @@ class FeatureExplorer(widgets.VBox):
     def latent_label(self, latent: int) -> str:
         """The label of ``latent`` in headers: from ``labels`` if given, else ``"latent {i}"``.
 
-        Override (or pass ``labels=``) to show automatic interpretations later on.
+        For a residual SAE the default names the block: ``"medical latent 12 (#4620)"``
+        (latent 12 of the medical residual, id 4620 in the concatenated code). Override (or
+        pass ``labels=``) to show automatic interpretations later on.
         """
         latent = int(latent)
         if callable(self.labels):
             return str(self.labels(latent))
         if self.labels is not None and latent in self.labels:
             return str(self.labels[latent])
+        if hasattr(self.sae, "block_of"):
+            block, local = self.sae.block_of(latent)
+            return f"{block} latent {local} (#{latent})"
         return f"latent {latent}"
 
     def set_latent(self, latent: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -37,6 +38,7 @@ class SAEConfig:
     hookpoint: str = ""
     model: str = ""
     input_scale: float = 1.0  # s folded into the weights; 1.0 means "raw units" all along
+    decoder_bias: bool = True  # False: b_dec is a zero buffer, not learned (residual SAEs, METHODS.md)
     training: dict = field(default_factory=dict)  # the TrainConfig a trainer used, for the record
 
     def to_dict(self) -> dict:
@@ -100,7 +102,10 @@ class SAE(nn.Module):
         # Tied init (Gao et al.): the encoder starts as the decoder's transpose.
         self.W_enc_DF = nn.Parameter(W_dec_FD.T.contiguous().to(dtype))
         self.b_enc_F = nn.Parameter(torch.zeros(cfg.width, dtype=dtype))
-        self.b_dec_D = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        if cfg.decoder_bias:
+            self.b_dec_D = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        else:  # a buffer: saved and loaded like the weights, never trained
+            self.register_buffer("b_dec_D", torch.zeros(cfg.d_in, dtype=dtype))
 
     # --- the interface -------------------------------------------------------------------
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -132,9 +137,11 @@ class SAE(nn.Module):
     def init_from_sample(self, sample_ND: torch.Tensor) -> None:
         """Data-dependent init before training (sample in the space the SAE is trained in).
 
-        Base: `b_dec` = the sample mean. Kinds with thresholds override this.
+        Base: `b_dec` = the sample mean (kept at zero without a decoder bias). Kinds with
+        thresholds override this.
         """
-        self.b_dec_D.copy_(sample_ND.mean(0).to(self.b_dec_D))
+        if self.cfg.decoder_bias:
+            self.b_dec_D.copy_(sample_ND.mean(0).to(self.b_dec_D))
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -171,28 +178,57 @@ class SAE(nn.Module):
     # --- save / load ---------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write `cfg.json` + `sae.safetensors` into `folder`, atomically (temp folder, rename)."""
-        folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        from saelab import __version__
-
-        cfg = {**self.cfg.to_dict(), "saelab_version": __version__}
-        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2))
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS_FILE)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, folder)
-        return folder
+        with atomic_folder(folder) as tmp:
+            write_cfg(tmp, self.cfg)
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS_FILE)
+        return Path(folder)
 
     def extra_repr(self) -> str:
         return f"d_in={self.cfg.d_in}, width={self.cfg.width}, hookpoint={self.cfg.hookpoint!r}"
+
+
+@contextmanager
+def atomic_folder(folder: str | Path):
+    """Yield a temporary folder; on success it replaces `folder` whole, so a crash mid-write
+    leaves the old folder (or nothing) in place, never half a new one."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+
+
+def write_cfg(folder: Path, cfg: SAEConfig) -> None:
+    """`cfg.json` with the saelab version that wrote it."""
+    from saelab import __version__
+
+    (folder / CFG_FILE).write_text(json.dumps({**cfg.to_dict(), "saelab_version": __version__}, indent=2))
+
+
+def read_cfg(folder: str | Path) -> dict:
+    """The `cfg.json` of a saved SAE folder, with clear errors for a missing or corrupt file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no SAE folder at {folder}")
+    cfg_path = folder / CFG_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{folder} is missing {CFG_FILE}: not a saved saelab SAE")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
 
 
 def config_from_dict(config_class: type[SAEConfig], raw: dict[str, Any]) -> SAEConfig:
@@ -204,16 +240,10 @@ def config_from_dict(config_class: type[SAEConfig], raw: dict[str, Any]) -> SAEC
 def read_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(cfg dict, tensors) of a saved SAE, with clear errors for missing or corrupt files."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no SAE folder at {folder}")
-    cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
-    for path in (cfg_path, weights_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{folder} is missing {path.name}: not a saved saelab SAE")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    cfg = read_cfg(folder)
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.exists():
+        raise FileNotFoundError(f"{folder} is missing {WEIGHTS_FILE}: not a saved saelab SAE")
     try:
         tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
