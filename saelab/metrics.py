@@ -13,6 +13,7 @@ dims never needs a dense `[N, F]` code matrix (latent firing is tracked as count
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -388,6 +389,30 @@ def _name_saes(saes) -> dict:
     return named
 
 
+class AtK(torch.nn.Module):
+    """An SAE served at sparsity `k`: `forward(x)` is `sae(x, k=k)` (TopK family)."""
+
+    def __init__(self, sae, k: int):
+        super().__init__()
+        self.sae, self.k, self.cfg = sae, int(k), sae.cfg
+
+    def forward(self, x_ND: torch.Tensor):
+        return self.sae(x_ND, k=self.k)
+
+
+def _at_ks(named: dict, ks) -> dict:
+    """Each SAE once per k in `ks`, named `{name}@k{k}`; only kinds whose forward takes k."""
+    out = {}
+    for name, sae in named.items():
+        if "k" not in inspect.signature(sae.forward).parameters:
+            raise ValueError(f"SAE {name!r} ({getattr(sae.cfg, 'kind', '?')}) has a fixed sparsity; "
+                             "ks= needs a TopK-family SAE (topk, hierarchical_topk, kron)")
+        for k in ks:
+            sae.check_k(k)
+            out[f"{name}@k{k}"] = AtK(sae, k)
+    return out
+
+
 def _prepare(sae, device: torch.device):
     """The SAE on `device` in float32 and eval mode: itself when it already is, else a copy."""
     params = list(sae.parameters()) if isinstance(sae, torch.nn.Module) else []
@@ -413,7 +438,8 @@ def _check_width(name: str, sae, width: int, hookpoint: str) -> None:
 def evaluate(saes, model, hookpoint: str, texts, max_tokens: int = 16_384, ctx_len: int = 128,
              batch_size: int = 8, ce: bool = True, linear: bool = True,
              device: str | torch.device | None = None, progress: bool = True,
-             linear_fit_fraction: float = 0.5, sink_factor: float = SINK_FACTOR, chunk: int = 4096):
+             linear_fit_fraction: float = 0.5, sink_factor: float = SINK_FACTOR, chunk: int = 4096,
+             ks=None):
     """Evaluate one SAE, a list, or a dict name → SAE at `hookpoint`; one DataFrame row each.
 
     `texts`: strings (packed with `saelab.pack(model.tokenizer, texts, ctx_len, max_tokens)`)
@@ -428,10 +454,16 @@ def evaluate(saes, model, hookpoint: str, texts, max_tokens: int = 16_384, ctx_l
     n_dropped_sinks), n_contexts, ctx_len, RECONSTRUCTION_COLUMNS, LINEAR_COLUMNS (+ the
     fit / held-out token counts) when `linear`, CE_COLUMNS (+ ce_predicted_tokens) when
     `ce`. Plain dicts: `metrics_dict(table)` or `table.to_dict("records")`.
+
+    `ks` (a list of ints): serve every SAE at each k (TopK family, e.g. one
+    HierarchicalTopK SAE at k = 8, 16, 32, 64): one row per (SAE, k), named
+    `{name}@k{k}`, with a `k` column.
     """
     import pandas as pd
 
     named = _name_saes(saes)
+    if ks is not None:
+        named = _at_ks(named, ks)
     hp = parse_hookpoint(model, hookpoint)
     width = d_model(model._module)
     for name, sae in named.items():
@@ -513,6 +545,8 @@ def evaluate(saes, model, hookpoint: str, texts, max_tokens: int = 16_384, ctx_l
         if linear:
             row.update(lin[name].result())
         row.update(ce_rows.get(name, {}))
+        if ks is not None:
+            row["k"] = named[name].k
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -13,7 +13,7 @@ from saelab.sae.base import TrainContext
 from saelab.sae.batchtopk import batch_topk_codes
 from saelab.sae.jumprelu import jumprelu, step
 
-KINDS = ["relu", "topk", "batchtopk", "jumprelu"]
+KINDS = ["relu", "topk", "batchtopk", "jumprelu", "hierarchical_topk"]
 D, F, K = 16, 64, 4
 
 

@@ -75,7 +75,7 @@ def _check_fits(cfg: SAEConfig, folder, model, hookpoint: str | None) -> None:
         raise ValueError(f"{folder}: this SAE was trained on {cfg.hookpoint}, not {hookpoint}")
 
 
-from saelab.sae import batchtopk, jumprelu, relu, residual, topk  # noqa: F401  (registers the kinds)
+from saelab.sae import batchtopk, hierarchical, jumprelu, kron, relu, residual, topk  # noqa: F401  (registers the kinds)
 from saelab.sae.residual import ResidualSAE
 
 __all__ = ["SAE", "SAE_KINDS", "LossOutput", "ResidualSAE", "SAEConfig", "SAEOutput", "TrainContext", "load_sae", "make_sae", "register"]

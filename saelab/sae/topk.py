@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from saelab.sae import register
-from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, sq_error
+from saelab.sae.base import SAE, LossOutput, SAEConfig, SAEOutput, TrainContext, sq_error
 
 
 @dataclass
@@ -70,8 +70,23 @@ class TopKSAE(SAE):
     kind = "topk"
 
     def encode(self, x_BD: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        values_BK, idx_BK = topk_codes(self.pre_acts(x_BD), k or self.cfg.k)
+        """Codes `[B, F]` with the top `k` latents per token (default: the trained k)."""
+        values_BK, idx_BK = topk_codes(self.pre_acts(x_BD), self.check_k(k))
         return scatter_codes(values_BK, idx_BK, self.cfg.width)
+
+    def check_k(self, k: int | None) -> int:
+        """`k`, or the trained k when None; ValueError outside 1..width."""
+        if k is None:
+            return self.cfg.k
+        if not 1 <= k <= self.cfg.width:
+            raise ValueError(f"k must be in 1..{self.cfg.width}, got k={k}")
+        return int(k)
+
+    def forward(self, x_BD: torch.Tensor, k: int | None = None) -> SAEOutput:
+        """Reconstruction and codes with the top `k` latents per token (default: the trained k)."""
+        self.check_input(x_BD)
+        f_BF = self.encode(x_BD, k)
+        return SAEOutput(self.decode(f_BF), f_BF)
 
     def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
         pre_BF = self.pre_acts(x_BD)

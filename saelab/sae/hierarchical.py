@@ -1,0 +1,91 @@
+"""HierarchicalTopK SAE (Balagansky et al., arXiv 2505.24473): many sparsities in one SAE.
+
+A TopK SAE with top `K` whose loss averages the error of the partial reconstructions
+`x_hat_j = b_dec + Σ_{i<=j} l_(i) W_dec[idx_(i)]` over `j ∈ J` (the kept activations
+sorted in descending order). The first j latents must then reconstruct well on their
+own, so at inference any `k <= K` is served by the same weights: `encode(x, k)`,
+`forward(x, k)` are exactly a TopK SAE with that k.
+
+The step uses one gather of the K decoder rows per token and one cumulative sum over
+them, `[B, K, D]`, instead of one decode per k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from saelab.sae import register
+from saelab.sae.base import LossOutput, TrainContext
+from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss
+
+
+@dataclass
+class HierarchicalTopKConfig(TopKConfig):
+    """`k` is the largest sparsity K; `k_set` the j averaged in the loss.
+
+    "all": every j in 1..K; "geometric": 1, 2, 4, ..., K (and K itself); or a list of j.
+    """
+
+    k: int = 64
+    k_set: str | list[int] = "all"
+
+
+def loss_ks(k_set: str | list[int], K: int) -> list[int]:
+    """The sorted j of `k_set` (see `HierarchicalTopKConfig`), each in 1..K."""
+    if k_set == "all":
+        return list(range(1, K + 1))
+    if k_set == "geometric":
+        ks, j = [], 1
+        while j < K:
+            ks.append(j)
+            j *= 2
+        return [*ks, K]
+    if isinstance(k_set, str):
+        raise ValueError(f"k_set is 'all', 'geometric' or a list of ints, got {k_set!r}")
+    ks = sorted({int(j) for j in k_set})
+    if not ks or ks[0] < 1 or ks[-1] > K:
+        raise ValueError(f"every k in k_set must be in 1..{K}, got {k_set}")
+    return ks
+
+
+def partial_reconstructions(W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, values_BK: torch.Tensor,
+                            idx_BK: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """`x_hat_j` for j in `ks`, `[B, len(ks), D]`, from codes sorted in descending order.
+
+    One gather of the K rows per token and a cumulative sum along K.
+    """
+    terms_BKD = values_BK.unsqueeze(-1) * W_dec_FD[idx_BK]
+    sums_BKD = terms_BKD.cumsum(1)
+    return sums_BKD[:, [j - 1 for j in ks]] + b_dec_D
+
+
+@register
+class HierarchicalTopKSAE(TopKSAE):
+    config_class = HierarchicalTopKConfig
+    kind = "hierarchical_topk"
+
+    def check_k(self, k: int | None) -> int:
+        """Any `k <= K` is served by the same weights; beyond K the SAE was never trained."""
+        if k is not None and not 1 <= k <= self.cfg.k:
+            raise ValueError(f"this HierarchicalTopK SAE serves k in 1..{self.cfg.k}, got k={k}")
+        return super().check_k(k)
+
+    def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
+        pre_BF = self.pre_acts(x_BD)
+        values_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=-1, sorted=True)
+        values_BK = values_BK.relu()
+        ks = loss_ks(self.cfg.k_set, self.cfg.k)
+        cols = ks if ks[-1] == self.cfg.k else [*ks, self.cfg.k]  # the full x_hat feeds AuxK and the log
+        x_hat_BJD = partial_reconstructions(self.W_dec_FD, self.b_dec_D, values_BK, idx_BK, cols)
+        per_k_J = (x_hat_BJD - x_BD.unsqueeze(1)).pow(2).sum(-1).mean(0)
+        loss, mse, x_hat_BD = per_k_J[: len(ks)].mean(), per_k_J[-1], x_hat_BJD[:, -1]
+        k_aux = self.cfg.k_aux or self.cfg.d_in // 2
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux, self.cfg.sparse_decoder)
+        active_BK = values_BK > 0
+        fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
+        fired_F[idx_BK[active_BK]] = True
+        terms = {"auxk": aux.detach().item(), f"mse_k{ks[0]}": per_k_J[0].detach().item()}
+        return LossOutput(loss + self.cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(),
+                          fired_F, terms)
