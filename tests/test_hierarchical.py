@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from synthetic import sparse_dictionary_store
 
 import saelab
 from saelab.sae import make_sae
 from saelab.sae.base import TrainContext
 from saelab.sae.hierarchical import loss_ks
-from synthetic import sparse_dictionary_store
 
 D, F, K = 16, 64, 8
 
@@ -69,7 +69,7 @@ def test_one_sae_serves_small_k_as_well_as_a_topk_trained_there():
     k is worse at K; one HierarchicalTopK SAE matches each at its own k (measured: at k=4
     FVU 0.305 vs 0.396 for TopK-8 and 0.31 for TopK-4; at k=8 0.216 vs 0.273 for TopK-4)."""
     store, _ = sparse_dictionary_store(d=32, n_features=128, n=30_000, k=4)
-    common = dict(width=128, tokens=90_000, batch_size=256, lr=3e-3, progress=False)
+    common = {"width": 128, "tokens": 90_000, "batch_size": 256, "lr": 3e-3, "progress": False}
     hier = saelab.train_sae(store, kind="hierarchical_topk", k=8, **common)
     topk8 = saelab.train_sae(store, kind="topk", k=8, **common)
     topk4 = saelab.train_sae(store, kind="topk", k=4, **common)

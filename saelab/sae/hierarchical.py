@@ -43,7 +43,7 @@ def loss_ks(k_set: str | list[int], K: int) -> list[int]:
             j *= 2
         return [*ks, K]
     if isinstance(k_set, str):
-        raise ValueError(f"k_set is 'all', 'geometric' or a list of ints, got {k_set!r}")
+        raise ValueError(f"k_set is 'all', 'geometric' or a list of ints, got {k_set!r}")  # noqa: TRY004
     ks = sorted({int(j) for j in k_set})
     if not ks or ks[0] < 1 or ks[-1] > K:
         raise ValueError(f"every k in k_set must be in 1..{K}, got {k_set}")
