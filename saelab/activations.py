@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saelab.data import pack
+from saelab.data import load_corpus, pack
 from saelab.models import first_tensor, hook_module, parse_hookpoint
 
 SINK_FACTOR = 10.0
@@ -226,3 +226,13 @@ def harvest(
             store = ActivationStore.load(store.save(folder))
         stores[name] = store
     return stores[names[0]] if isinstance(hookpoints, str) else stores
+
+
+def training_store(model, hookpoint: str, train, tokens: int, device=None, progress: bool = True) -> ActivationStore:
+    """`train` itself if it is a store, else the first `tokens` tokens of that corpus's train split."""
+    if isinstance(train, ActivationStore):
+        if train.info.hookpoint and train.info.hookpoint != hookpoint:
+            raise ValueError(f"the store holds {train.info.hookpoint}, not {hookpoint}")
+        return train
+    return harvest(model, hookpoint, load_corpus(train, split="train"), max_tokens=tokens, device=device,
+                   progress=progress)

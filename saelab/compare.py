@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from saelab.activations import harvest
+from saelab.activations import harvest, training_store
 from saelab.data import load_corpus
 from saelab.metrics import evaluate
 from saelab.train import train_sae
@@ -206,7 +206,7 @@ def l0_target_of(sae) -> float | None:
 
 def compare_residual(model, hookpoint: str, base, domain: str = "medical", broad: str = "broad",
                      widths=(1152, 2304, 4608), kind: str = "topk", k: int = 16, tokens: int = 200_000,
-                     eval_tokens: int = 8192, domain_only: bool = True, seed: int = 0,
+                     eval_tokens: int = 8192, domain_only: bool = True, seed: int = 0, train=None,
                      out: str | Path | None = None, device=None, progress: bool = True,
                      **train_options) -> pd.DataFrame:
     """Base vs base + residual vs a domain-only SAE, on held-out domain and broad text.
@@ -216,7 +216,8 @@ def compare_residual(model, hookpoint: str, base, domain: str = "medical", broad
     on the first `tokens` tokens of `domain`'s train split (harvested once). With
     `domain_only`, a `base.cfg.kind` SAE of the same total width and total L0 target
     (`base`'s target + `k`) is trained from scratch on the same tokens. Everything is
-    evaluated on `eval_tokens` tokens of each test split.
+    evaluated on `eval_tokens` tokens of each test split. `train`: an `ActivationStore` of
+    domain text to train on instead of harvesting one.
 
     Returns one row per (SAE, evaluation set): `RESIDUAL_COLUMNS`, with `role` one of base,
     base+residual, domain-only and `*_vs_base` the ratio to the base on that evaluation
@@ -229,8 +230,7 @@ def compare_residual(model, hookpoint: str, base, domain: str = "medical", broad
     if domain_only and base_target is None:
         raise ValueError(f"a {base.cfg.kind} base has no L0 target to match; pass domain_only=False")
     out = Path(out) if out is not None else None
-    store = harvest(model, hookpoint, load_corpus(domain, split="train"), max_tokens=tokens, device=device,
-                    progress=progress)
+    store = training_store(model, hookpoint, train if train is not None else domain, tokens, device, progress)
     saes = {"base": base}
     roles = {"base": ("base", 0)}
     for width in widths:

@@ -63,7 +63,7 @@ def density_histogram(density_F: np.ndarray) -> go.Figure:
 def metrics_table(metrics: dict) -> go.Figure:
     keys = list(metrics)
     values = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in metrics.values()]
-    fig = go.Figure(go.Table(header=dict(values=["metric", "value"]), cells=dict(values=[keys, values])))
+    fig = go.Figure(go.Table(header={"values": ["metric", "value"]}, cells={"values": [keys, values]}))
     fig.update_layout(title="Held-out metrics", height=60 + 24 * len(keys))
     return fig
 

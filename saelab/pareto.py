@@ -1,0 +1,89 @@
+"""Quality against sparsity and cost: HierarchicalTopK vs per-k TopK, KronSAE vs TopK.
+
+`compare_hierarchical` trains one HierarchicalTopK SAE (top K = max k) and one TopK SAE
+per k, all of one width on the same tokens, and evaluates the HierarchicalTopK SAE at
+every k beside the TopK SAE trained there (arXiv 2505.24473's Pareto claim).
+`compare_kron` trains KronSAE and TopK at equal width and k and reports quality next to
+encoder cost (arXiv 2505.22255). Both return tidy tables; `pareto_figure` draws them.
+Training data is a corpus name (harvested once) or an `ActivationStore` to reuse.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from saelab.activations import training_store
+from saelab.data import load_corpus
+from saelab.metrics import AtK, evaluate
+from saelab.train import train_sae
+
+METRICS = ["l0", "fvu", "explained_variance", "ce_loss_recovered", "delta_ce", "kl", "dead_fraction"]
+HIERARCHICAL_COLUMNS = ["sae", "kind", "width", "k", *METRICS, "train_seconds"]
+KIND_COLORS = {"hierarchical_topk": "#e45756", "topk": "#4c78a8", "kron": "#54a24b"}
+
+
+def _timed_train(store, **options):
+    start = time.perf_counter()
+    sae = train_sae(store, **options)
+    return sae, time.perf_counter() - start
+
+
+def compare_hierarchical(model, hookpoint: str, train="medical", evaluate_on: str = "medical", width: int = 4608,
+                         ks=(8, 16, 32, 64), k_set="all", tokens: int = 200_000, eval_tokens: int = 8192,
+                         seed: int = 0, out: str | Path | None = None, device=None, progress: bool = True,
+                         **train_options) -> pd.DataFrame:
+    """One HierarchicalTopK SAE (K = max(ks), loss over `k_set`) vs a TopK SAE per k.
+
+    All SAEs have `width`, see the same `tokens` tokens (same seed, so the same batches)
+    and are evaluated in one `evaluate` call on `eval_tokens` tokens of `evaluate_on`'s
+    test split: the HierarchicalTopK SAE once per k (`{name}@k{k}`), each TopK at its own
+    k. Returns `HIERARCHICAL_COLUMNS`, one row per (SAE, k); `train_seconds` is the wall
+    time of each training run (the HierarchicalTopK one is shared by its rows).
+    """
+    ks = sorted(int(k) for k in ks)
+    store = training_store(model, hookpoint, train, tokens, device, progress)
+    common = {"width": width, "tokens": tokens, "seed": seed, "device": device, "progress": progress, **train_options}
+    hier, hier_s = _timed_train(store, kind="hierarchical_topk", k=ks[-1], k_set=k_set, **common)
+    saes, seconds, kinds = {}, {}, {}
+    for k in ks:
+        name = f"hierarchical_topk-w{width}@k{k}"
+        saes[name], seconds[name], kinds[name] = AtK(hier, k), hier_s, ("hierarchical_topk", k)
+    for k in ks:
+        name = f"topk-w{width}-k{k}"
+        saes[name], seconds[name] = _timed_train(store, kind="topk", k=k, **common)
+        kinds[name] = ("topk", k)
+    if out is not None:
+        out = Path(out)
+        hier.save(out / f"hierarchical_topk-w{width}-K{ks[-1]}")
+        for name, sae in saes.items():
+            if kinds[name][0] == "topk":
+                sae.save(out / name)
+    table = evaluate(saes, model, hookpoint, load_corpus(evaluate_on, split="test"), max_tokens=eval_tokens,
+                     linear=False, device=device, progress=progress)
+    table["kind"] = [kinds[n][0] for n in table["sae"]]
+    table["k"] = [kinds[n][1] for n in table["sae"]]
+    table["width"] = width
+    table["train_seconds"] = [seconds[n] for n in table["sae"]]
+    table = table[HIERARCHICAL_COLUMNS]
+    if out is not None:
+        table.to_csv(out / "table.csv", index=False)
+    return table
+
+
+def pareto_figure(table: pd.DataFrame, metric: str = "fvu", x: str = "l0") -> go.Figure:
+    """`metric` against `x` (measured L0 by default), one line per (kind, width); hover shows the SAE."""
+    if metric not in table.columns or x not in table.columns:
+        raise ValueError(f"the table has no {metric!r} or {x!r} column; it has {list(table.columns)}")
+    fig = go.Figure()
+    for (kind, width), rows in table.groupby(["kind", "width"], sort=False):
+        rows = rows.sort_values(x)
+        fig.add_trace(go.Scatter(x=rows[x], y=rows[metric], mode="lines+markers", name=f"{kind} · w{width}",
+                                 text=rows["sae"], line={"color": KIND_COLORS.get(kind)},
+                                 marker={"size": 9, "symbol": "diamond" if width == table["width"].max() else "circle"}))
+    better = "lower" if metric in ("fvu", "delta_ce", "kl", "dead_fraction") else "higher"
+    fig.update_layout(title=f"{metric} vs {x} ({better} is better)", xaxis_title=x, yaxis_title=metric, height=420)
+    return fig
