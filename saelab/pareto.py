@@ -23,7 +23,7 @@ from saelab.train import train_sae
 
 METRICS = ["l0", "fvu", "explained_variance", "ce_loss_recovered", "delta_ce", "kl", "dead_fraction"]
 HIERARCHICAL_COLUMNS = ["sae", "kind", "width", "k", *METRICS, "train_seconds"]
-KIND_COLORS = {"hierarchical_topk": "#e45756", "topk": "#4c78a8", "kron": "#54a24b"}
+KIND_COLORS = {"topk": "#4c78a8", "kron": "#54a24b"}  # HierarchicalTopK variants: the default palette
 
 
 def _timed_train(store, **options):
@@ -33,12 +33,13 @@ def _timed_train(store, **options):
 
 
 def compare_hierarchical(model, hookpoint: str, train="medical", evaluate_on: str = "medical", width: int = 4608,
-                         ks=(8, 16, 32, 64), k_set="all", tokens: int = 200_000, eval_tokens: int = 8192,
+                         ks=(8, 16, 32, 64), k_sets=("all",), tokens: int = 200_000, eval_tokens: int = 8192,
                          seed: int = 0, out: str | Path | None = None, device=None, progress: bool = True,
                          **train_options) -> pd.DataFrame:
-    """One HierarchicalTopK SAE (K = max(ks), loss over `k_set`) vs a TopK SAE per k.
+    """One HierarchicalTopK SAE (K = max(ks)) per loss set in `k_sets` vs a TopK SAE per k.
 
-    All SAEs have `width`, see the same `tokens` tokens (same seed, so the same batches)
+    `k_sets`: the `k_set` of each HierarchicalTopK SAE ("all", "geometric" or a list of k;
+    see `HierarchicalTopKConfig`), its kind labelled `hierarchical_topk[<k_set>]`. All SAEs have `width`, see the same `tokens` tokens (same seed, so the same batches)
     and are evaluated in one `evaluate` call on `eval_tokens` tokens of `evaluate_on`'s
     test split: the HierarchicalTopK SAE once per k (`{name}@k{k}`), each TopK at its own
     k. Returns `HIERARCHICAL_COLUMNS`, one row per (SAE, k); `train_seconds` is the wall
@@ -47,18 +48,22 @@ def compare_hierarchical(model, hookpoint: str, train="medical", evaluate_on: st
     ks = sorted(int(k) for k in ks)
     store = training_store(model, hookpoint, train, tokens, device, progress)
     common = {"width": width, "tokens": tokens, "seed": seed, "device": device, "progress": progress, **train_options}
-    hier, hier_s = _timed_train(store, kind="hierarchical_topk", k=ks[-1], k_set=k_set, **common)
-    saes, seconds, kinds = {}, {}, {}
-    for k in ks:
-        name = f"hierarchical_topk-w{width}@k{k}"
-        saes[name], seconds[name], kinds[name] = AtK(hier, k), hier_s, ("hierarchical_topk", k)
+    saes, seconds, kinds, hierarchical = {}, {}, {}, {}
+    for k_set in k_sets:
+        label = f"hierarchical_topk[{k_set if isinstance(k_set, str) else '-'.join(map(str, k_set))}]"
+        hier, hier_s = _timed_train(store, kind="hierarchical_topk", k=ks[-1], k_set=k_set, **common)
+        hierarchical[f"{label}-w{width}-K{ks[-1]}"] = hier
+        for k in ks:
+            name = f"{label}-w{width}@k{k}"
+            saes[name], seconds[name], kinds[name] = AtK(hier, k), hier_s, (label, k)
     for k in ks:
         name = f"topk-w{width}-k{k}"
         saes[name], seconds[name] = _timed_train(store, kind="topk", k=k, **common)
         kinds[name] = ("topk", k)
     if out is not None:
         out = Path(out)
-        hier.save(out / f"hierarchical_topk-w{width}-K{ks[-1]}")
+        for name, hier in hierarchical.items():
+            hier.save(out / name)
         for name, sae in saes.items():
             if kinds[name][0] == "topk":
                 sae.save(out / name)

@@ -16,19 +16,20 @@ def medical_store(stories, medical_texts):
 
 def test_compare_hierarchical_table(stories, medical_store, tmp_path):
     table = pareto.compare_hierarchical(stories, HOOK, train=medical_store, width=128, ks=(2, 4, 8), tokens=4096,
-                                        eval_tokens=1024, out=tmp_path, progress=False, batch_size=64)
+                                        k_sets=("all", [2, 8]), eval_tokens=1024, out=tmp_path, progress=False,
+                                        batch_size=64)
     assert list(table.columns) == pareto.HIERARCHICAL_COLUMNS
     assert not table.isna().any().any()
-    assert sorted(table["kind"]) == ["hierarchical_topk"] * 3 + ["topk"] * 3
+    assert sorted(table["kind"]) == ["hierarchical_topk[2-8]"] * 3 + ["hierarchical_topk[all]"] * 3 + ["topk"] * 3
     assert (table["l0"] <= table["k"] + 1e-9).all()
-    hier = table[table["kind"] == "hierarchical_topk"].sort_values("k")
+    hier = table[table["kind"] == "hierarchical_topk[all]"].sort_values("k")
     assert hier["fvu"].is_monotonic_decreasing  # more latents of one SAE reconstruct better
     assert hier["train_seconds"].nunique() == 1  # one training run serves every k
-    loaded = saelab.load_sae(tmp_path / "hierarchical_topk-w128-K8")
-    assert loaded.kind == "hierarchical_topk" and loaded.cfg.k == 8
+    loaded = saelab.load_sae(tmp_path / "hierarchical_topk[2-8]-w128-K8")
+    assert loaded.kind == "hierarchical_topk" and loaded.cfg.k == 8 and loaded.cfg.k_set == [2, 8]
     assert (tmp_path / "topk-w128-k2" / "cfg.json").exists() and (tmp_path / "table.csv").exists()
     fig = pareto.pareto_figure(table, metric="fvu")
-    assert {t.name for t in fig.data} == {"hierarchical_topk · w128", "topk · w128"}
+    assert {t.name for t in fig.data} == {"hierarchical_topk[all] · w128", "hierarchical_topk[2-8] · w128", "topk · w128"}
     with pytest.raises(ValueError, match="no 'nope'"):
         pareto.pareto_figure(table, metric="nope")
 
