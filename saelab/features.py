@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections import Counter
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -329,15 +330,35 @@ def _medical_vocabulary(folder: str) -> frozenset[str]:
     return frozenset(words)
 
 
-def medical_vocabulary() -> set[str]:
-    """Lower-case words (letters only, >= 4 long) of PubMedQA MeSH headings and MedQuAD foci.
+GENERAL_WORDS_TEXTS = 2000  # broad-corpus texts counted for `general_words` (~2M words)
 
-    Read from `shared_dir()/corpora/medical/` (METHODS.md "Concept alignment").
+
+@lru_cache(maxsize=4)
+def general_words(n: int = 1000) -> frozenset[str]:
+    """The `n` most frequent words (letters only, >= 4 long) of broad text: the first
+    `GENERAL_WORDS_TEXTS` texts of the broad corpus's train split (Wikipedia)."""
+    from saelab.data import load_corpus
+
+    counts: Counter[str] = Counter()
+    for text in load_corpus("broad", split="train", max_texts=GENERAL_WORDS_TEXTS):
+        counts.update(w for w in re.split(r"[^a-z]+", text.lower()) if len(w) >= MIN_WORD_LEN)
+    return frozenset(w for w, _ in counts.most_common(n))
+
+
+def medical_vocabulary(exclude_general: int = 1000) -> set[str]:
+    """Lower-case words (letters only, >= 4 long) of PubMedQA MeSH headings and MedQuAD foci,
+    minus the `exclude_general` most frequent words of broad text (`general_words`).
+
+    Read from `shared_dir()/corpora/medical/` (METHODS.md "Concept alignment"). The
+    exclusion matters: MeSH headings such as "Time Factors", "Middle Aged" or "Withholding
+    Treatment" put "time", "middle" and (as a word-piece prefix) "with" in the raw word set.
+    `exclude_general=0` gives the raw set.
     """
     shared = shared_dir()
     if shared is None:
         raise FileNotFoundError("medical_vocabulary needs the shared corpora: set SAELAB_SHARED")
-    return set(_medical_vocabulary(str(shared / "corpora" / "medical")))
+    words = set(_medical_vocabulary(str(shared / "corpora" / "medical")))
+    return words - general_words(exclude_general) if exclude_general else words
 
 
 def frequent_tokens(store, tokenizer, n: int = 200) -> FrequentTokens:
@@ -373,20 +394,52 @@ def is_medical_piece(piece: str, vocabulary: set[str], sorted_vocabulary: list[s
     return at < len(sorted_vocabulary) and sorted_vocabulary[at].startswith(word)
 
 
+def _strip_marker(piece: str) -> str:
+    for marker in WORD_START_MARKERS:
+        if piece.startswith(marker):
+            return piece[len(marker):]
+    return piece
+
+
+def word_at(ids_T: list[int], t: int, piece) -> str:
+    """The whole word (lower case) that token `t` of `ids_T` is part of, or "" if not a word.
+
+    `piece(id)` gives the tokenizer's piece. A word runs from a piece that starts with the
+    word-start marker (or follows a non-letter) over the continuation pieces after it, so
+    "emia" in "▁leuk|emia" gives "leukemia".
+    """
+    def continues(i: int) -> bool:  # piece i glues onto the letters before it
+        text = piece(ids_T[i])
+        return not text.startswith(WORD_START_MARKERS) and text[:1].isalpha() and piece(ids_T[i - 1])[-1:].isalpha()
+
+    if not _strip_marker(piece(ids_T[t])).isalpha():
+        return ""
+    start, stop = t, t + 1
+    while start > 0 and continues(start):
+        start -= 1
+    while stop < len(ids_T) and continues(stop):
+        stop += 1
+    word = "".join(_strip_marker(piece(i)) for i in ids_T[start:stop]).lower()
+    return word if word.isalpha() else ""
+
+
 @torch.no_grad()
 def concept_alignment(sae, store, tokenizer, vocabulary: set[str] | None = None,
                       frequent: FrequentTokens | torch.Tensor | list[int] | None = None,
-                      top_k: int = 10, stats: FeatureStats | None = None) -> dict:
+                      top_k: int = 10, stats: FeatureStats | None = None, whole_words: bool = True) -> dict:
     """Share of alive latents whose top tokens are medical versus frequent (METHODS.md).
 
     For each alive latent (fired at least once) take its top-`top_k` activating rows and
-    their tokens. The latent is *medical* when strictly more than half of those tokens
-    pass `is_medical_piece`, and *frequent* when strictly more than half are among the
-    corpus's `frequent` tokens (default: the 200 most frequent, `frequent_tokens`). A
-    latent that fired fewer than `top_k` times is judged on the rows it has; the two
-    classes may overlap. Returns n_alive, n_medical, n_frequent, medical_share,
-    frequent_share (shares of n_alive; NaN if none alive), medical_latents,
-    frequent_latents.
+    their tokens. The latent is *medical* when strictly more than half of those tokens are
+    medical, and *frequent* when strictly more than half are among the corpus's
+    `frequent` tokens (default: the 200 most frequent, `frequent_tokens`). A token is
+    medical when the whole word it is part of (`word_at`, read from its context) is in
+    `vocabulary` (default `medical_vocabulary()`); `whole_words=False` uses the token
+    piece alone (`is_medical_piece`: a vocabulary word or a prefix of one), which also
+    counts pieces such as "with" that merely begin a medical word. A latent that fired
+    fewer than `top_k` times is judged on the rows it has; the two classes may overlap.
+    Returns n_alive, n_medical, n_frequent, medical_share, frequent_share (shares of
+    n_alive; NaN if none alive), medical_latents, frequent_latents.
     """
     vocabulary = medical_vocabulary() if vocabulary is None else vocabulary
     sorted_vocabulary = sorted(vocabulary)
@@ -395,11 +448,24 @@ def concept_alignment(sae, store, tokenizer, vocabulary: set[str] | None = None,
     frequent_ids = set((frequent.ids_N if isinstance(frequent, FrequentTokens) else torch.as_tensor(frequent)).tolist())
     stats = feature_stats(sae, store, top_k=top_k) if stats is None else stats
     alive = (stats.count_F > 0).nonzero().squeeze(1).tolist()
-    medical_memo: dict[int, bool] = {}
+    pieces: dict[int, str] = {}
+    medical_memo: dict = {}
 
-    def medical(token_id: int) -> bool:
+    def piece(token_id: int) -> str:
+        if token_id not in pieces:
+            pieces[token_id] = tokenizer.convert_ids_to_tokens(token_id)
+        return pieces[token_id]
+
+    def medical(row: int) -> bool:
+        c, t = int(store.context_N[row]), int(store.position_N[row])
+        if whole_words:
+            key = (c, t)
+            if key not in medical_memo:
+                medical_memo[key] = word_at(store.tokens_CT[c].tolist(), t, piece) in vocabulary
+            return medical_memo[key]
+        token_id = int(store.tokens_CT[c, t])
         if token_id not in medical_memo:
-            medical_memo[token_id] = is_medical_piece(tokenizer.convert_ids_to_tokens(token_id), vocabulary, sorted_vocabulary)
+            medical_memo[token_id] = is_medical_piece(piece(token_id), vocabulary, sorted_vocabulary)
         return medical_memo[token_id]
 
     medical_latents, frequent_latents = [], []
@@ -409,7 +475,7 @@ def concept_alignment(sae, store, tokenizer, vocabulary: set[str] | None = None,
             continue
         rows_N = torch.tensor(rows, dtype=torch.int64)
         ids = store.tokens_CT[store.context_N[rows_N].long(), store.position_N[rows_N].long()].tolist()
-        if 2 * sum(medical(i) for i in ids) > len(ids):
+        if 2 * sum(medical(r) for r in rows) > len(rows):
             medical_latents.append(latent)
         if 2 * sum(i in frequent_ids for i in ids) > len(ids):
             frequent_latents.append(latent)

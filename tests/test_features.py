@@ -8,6 +8,7 @@ from saelab.features import (
     concept_alignment,
     feature_stats,
     frequent_tokens,
+    general_words,
     is_medical_piece,
     latent_histogram,
     latents_on_text,
@@ -15,6 +16,7 @@ from saelab.features import (
     medical_vocabulary,
     token_str,
     top_contexts,
+    word_at,
 )
 
 HOOK = "resid_post.2"
@@ -131,10 +133,13 @@ def test_latents_on_text(sae, stories):
 
 
 def test_medical_vocabulary():
-    vocab = medical_vocabulary()
+    vocab, raw = medical_vocabulary(), medical_vocabulary(exclude_general=0)
     assert len(vocab) > 1000
     assert {"leukemia", "apoptosis", "mitochondria"} <= vocab
     assert all(len(w) >= 4 and w.isalpha() and w == w.lower() for w in vocab)
+    # MeSH's "Time Factors", "Middle Aged": in the raw set, gone once general words are removed
+    assert {"time", "middle"} <= raw and not {"time", "middle"} & vocab
+    assert vocab == raw - general_words(1000)
 
 
 def test_is_medical_piece():
@@ -176,16 +181,29 @@ def test_concept_alignment_hand_built():
         [0, 2, 5],    # 1 medical, 1 frequent of 3 -> neither
         [4, -1, -1],  # fired once, on "▁tumor" -> medical
         [-1, -1, -1], # dead
+        [1, 0, 6],    # "emia" is part of "leukemia": 2 of 3 medical as whole words, 1 of 3 as pieces
     ])
-    count_F = torch.tensor([5, 5, 5, 1, 0])
-    stats = FeatureStats(n, count_F, count_F / n, torch.ones(5, dtype=torch.float64), torch.ones(5),
+    count_F = torch.tensor([5, 5, 5, 1, 0, 5])
+    stats = FeatureStats(n, count_F, count_F / n, torch.ones(6, dtype=torch.float64), torch.ones(6),
                          torch.where(top_index_FK >= 0, 1.0, 0.0), top_index_FK)
     frequent = torch.tensor([3, 4, 7])  # "▁the", ",", "▁and"
     result = concept_alignment(None, store, _PieceTokenizer(), vocabulary={"leukemia", "tumor"}, frequent=frequent,
                                top_k=3, stats=stats)
-    assert result["n_alive"] == 4
-    assert result["medical_latents"] == [0, 3] and result["frequent_latents"] == [1]
-    assert result["medical_share"] == pytest.approx(0.5) and result["frequent_share"] == pytest.approx(0.25)
+    assert result["n_alive"] == 5
+    assert result["medical_latents"] == [0, 3, 5] and result["frequent_latents"] == [1]
+    assert result["medical_share"] == pytest.approx(0.6) and result["frequent_share"] == pytest.approx(0.2)
+    pieces = concept_alignment(None, store, _PieceTokenizer(), vocabulary={"leukemia", "tumor"}, frequent=frequent,
+                               top_k=3, stats=stats, whole_words=False)
+    assert pieces["medical_latents"] == [0, 3]
+
+
+def test_word_at():
+    tok = _PieceTokenizer()
+    ids = [0, 1, 2, 3, 4, 5, 6, 7]
+    words = [word_at(ids, t, tok.convert_ids_to_tokens) for t in range(1, 8)]
+    assert words == ["leukemia", "leukemia", "the", "", "tumor", "cat", "and"]
+    bpe = {0: "Ġhyper", 1: "tens", 2: "ion", 3: ".", 4: "Ġcat"}
+    assert [word_at([0, 1, 2, 3, 4], t, bpe.__getitem__) for t in range(5)] == ["hypertension"] * 3 + ["", "cat"]
 
 
 def test_concept_alignment_real(sae, store, stories, stats):
