@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from saelab.activations import training_store
 from saelab.data import load_corpus
 from saelab.metrics import AtK, evaluate
+from saelab.sae.kron import encoder_multiply_adds
 from saelab.train import train_sae
 
 METRICS = ["l0", "fvu", "explained_variance", "ce_loss_recovered", "delta_ce", "kl", "dead_fraction"]
@@ -76,6 +77,56 @@ def compare_hierarchical(model, hookpoint: str, train="medical", evaluate_on: st
     table = table[HIERARCHICAL_COLUMNS]
     if out is not None:
         table.to_csv(out / "table.csv", index=False)
+    return table
+
+
+KRON_COLUMNS = ["sae", "kind", "width", "k", "heads", "m", "n", *METRICS, "encoder_multiply_adds",
+                "encoder_cost_vs_topk", "train_seconds", "train_tokens_per_s"]
+
+
+def compare_kron(model, hookpoint: str, train="medical", evaluate_on: str = "medical", widths=(4608, 18432),
+                 k: int = 32, head_shapes=(None,), tokens: int = 200_000, eval_tokens: int = 8192, seed: int = 0,
+                 out: str | Path | None = None, device=None, progress: bool = True, **train_options) -> pd.DataFrame:
+    """KronSAE vs TopK at equal width and k: quality beside encoder cost and training speed.
+
+    For each width: one TopK SAE and one KronSAE per `(m, n)` in `head_shapes` (None: the
+    `kron_shape` default), all trained on the same `tokens` tokens with the same seed and
+    evaluated in one `evaluate` call on `evaluate_on`'s test split. Returns `KRON_COLUMNS`:
+    `encoder_multiply_adds` per token (h(m+n)d vs Fd), `encoder_cost_vs_topk` its ratio to
+    the TopK SAE of that width, `train_tokens_per_s` = tokens / wall time of the training run
+    (sequential runs on a shared machine: compare within one table).
+    """
+    store = training_store(model, hookpoint, train, tokens, device, progress)
+    saes, seconds = {}, {}
+    for width in widths:
+        common = {"width": width, "tokens": tokens, "seed": seed, "device": device, "progress": progress,
+                  "k": k, **train_options}
+        saes[f"topk-w{width}"], seconds[f"topk-w{width}"] = _timed_train(store, kind="topk", **common)
+        for shape in head_shapes:
+            shape_options = {} if shape is None else {"m": shape[0], "n": shape[1]}
+            sae, sec = _timed_train(store, kind="kron", **shape_options, **common)
+            name = f"kron-w{width}-h{sae.cfg.heads}x{sae.cfg.m}x{sae.cfg.n}"
+            saes[name], seconds[name] = sae, sec
+    if out is not None:
+        for name, sae in saes.items():
+            sae.save(Path(out) / name)
+    table = evaluate(saes, model, hookpoint, load_corpus(evaluate_on, split="test"), max_tokens=eval_tokens,
+                     linear=False, device=device, progress=progress)
+    cfgs = [saes[name].cfg for name in table["sae"]]
+    table["kind"] = [c.kind for c in cfgs]
+    table["width"] = [c.width for c in cfgs]
+    table["k"] = [c.k for c in cfgs]
+    table["heads"] = [getattr(c, "heads", 0) for c in cfgs]
+    table["m"] = [getattr(c, "m", 0) for c in cfgs]
+    table["n"] = [getattr(c, "n", 0) for c in cfgs]
+    table["encoder_multiply_adds"] = [encoder_multiply_adds(saes[name]) for name in table["sae"]]
+    topk_cost = {c.width: c.width * c.d_in for c in cfgs}
+    table["encoder_cost_vs_topk"] = table["encoder_multiply_adds"] / table["width"].map(topk_cost)
+    table["train_seconds"] = [seconds[name] for name in table["sae"]]
+    table["train_tokens_per_s"] = tokens / table["train_seconds"]
+    table = table[KRON_COLUMNS]
+    if out is not None:
+        table.to_csv(Path(out) / "table.csv", index=False)
     return table
 
 

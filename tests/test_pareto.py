@@ -37,3 +37,15 @@ def test_compare_hierarchical_table(stories, medical_store, tmp_path):
 def test_training_store_checks_the_hookpoint(stories, medical_store):
     with pytest.raises(ValueError, match="holds resid_post.2, not resid_post.1"):
         training_store(stories, "resid_post.1", medical_store, 100)
+
+
+def test_compare_kron_table(stories, medical_store):
+    table = pareto.compare_kron(stories, HOOK, train=medical_store, widths=(128,), k=4, head_shapes=(None, (4, 4)),
+                                tokens=4096, eval_tokens=1024, progress=False, batch_size=64)
+    assert list(table.columns) == pareto.KRON_COLUMNS
+    assert not table.isna().any().any()
+    assert table["sae"].tolist() == ["topk-w128", "kron-w128-h2x8x8", "kron-w128-h8x4x4"]
+    d = stories._module.config.hidden_size
+    assert table["encoder_multiply_adds"].tolist() == [128 * d, 2 * 16 * d, 8 * 8 * d]
+    assert table["encoder_cost_vs_topk"].tolist() == [1.0, 32 / 128, 64 / 128]
+    assert (table["l0"] <= 4 + 1e-9).all() and (table["explained_variance"] > 0).all()
