@@ -235,14 +235,14 @@ def compare_residual(model, hookpoint: str, base, domain: str = "medical", broad
     roles = {"base": ("base", 0)}
     for width in widths:
         name = f"base+{domain}_residual-w{width}"
-        saes[name] = train_residual(base, store, width=width, kind=kind, name=domain, seed=seed, device=device,
-                                    progress=progress, **{**train_options, **kind_options(kind, k)})
+        saes[name] = train_residual(base, store, width=width, kind=kind, name=domain, tokens=tokens, seed=seed,
+                                    device=device, progress=progress, **{**train_options, **kind_options(kind, k)})
         roles[name] = ("base+residual", width)
         if domain_only:
             total = base.cfg.width + width
             only = f"{domain}-only-w{total}"
             defaults = JUMPRELU_DEFAULTS if base.cfg.kind == "jumprelu" else {}
-            saes[only] = train_sae(store, kind=base.cfg.kind, width=total, seed=seed, device=device,
+            saes[only] = train_sae(store, kind=base.cfg.kind, width=total, tokens=tokens, seed=seed, device=device,
                                    progress=progress, **{**defaults, **train_options},
                                    **kind_options(base.cfg.kind, base_target + k))
             roles[only] = ("domain-only", width)

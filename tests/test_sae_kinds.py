@@ -256,3 +256,12 @@ def test_sparse_and_dense_topk_decoders_agree_in_value_and_gradient():
     for name, g in grads[True][1].items():
         torch.testing.assert_close(g, grads[False][1][name], rtol=1e-5, atol=1e-5)
     assert grads[True][0] > 0 and grads[True][1]["W_dec_FD"].abs().sum() > 0
+
+
+def test_sparse_decoder_is_chosen_where_faster():
+    from saelab.sae.topk import use_sparse_decoder
+
+    assert use_sparse_decoder(make_sae("topk", 16, 256, k=32).cfg)  # F/k = 8: sparse measured faster
+    assert not use_sparse_decoder(make_sae("topk", 16, 128, k=32).cfg)  # F/k = 4: dense faster
+    assert not use_sparse_decoder(make_sae("topk", 16, 4096, k=32, sparse_decoder=False).cfg)  # the switch wins
+    assert use_sparse_decoder(make_sae("topk", 16, 64, k=4, sparse_decoder=True).cfg)

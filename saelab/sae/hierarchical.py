@@ -18,7 +18,7 @@ import torch
 
 from saelab.sae import register
 from saelab.sae.base import LossOutput, TrainContext
-from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss
+from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, use_sparse_decoder
 
 
 @dataclass
@@ -82,7 +82,8 @@ class HierarchicalTopKSAE(TopKSAE):
         per_k_J = (x_hat_BJD - x_BD.unsqueeze(1)).pow(2).sum(-1).mean(0)
         loss, mse, x_hat_BD = per_k_J[: len(ks)].mean(), per_k_J[-1], x_hat_BJD[:, -1]
         k_aux = self.cfg.k_aux or self.cfg.d_in // 2
-        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux, self.cfg.sparse_decoder)
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux,
+                        use_sparse_decoder(self.cfg, k_aux))
         active_BK = values_BK > 0
         fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
         fired_F[idx_BK[active_BK]] = True

@@ -22,7 +22,7 @@ from torch import nn
 
 from saelab.sae import register
 from saelab.sae.base import SAE, LossOutput, TrainContext, sq_error
-from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, decode_topk
+from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, decode_topk, use_sparse_decoder
 
 HEAD_SIZE = 64  # kron_shape's preferred m·n per head: m = n = 8, a quarter of TopK's encoder work
 
@@ -184,13 +184,13 @@ class KronSAE(TopKSAE):
         by the full `[B, F]` mAND values (with their gradient, O(B·F) as for TopK)."""
         u_BHM, v_BHN = self.head_acts(x_BD)
         values_BK, idx_BK = self.top_latents(u_BHM, v_BHN, self.cfg.k)
-        sparse = self.cfg.sparse_decoder
-        x_hat_BD = decode_topk(self.W_dec_FD, values_BK, idx_BK, sparse) + self.b_dec_D
+        x_hat_BD = decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg)) + self.b_dec_D
         mse = sq_error(x_BD, x_hat_BD)
         aux = mse.new_zeros(())
         if ctx.dead_F is not None and bool(ctx.dead_F.any()):
-            aux = auxk_loss(self, outer_mand(u_BHM, v_BHN), (x_BD - x_hat_BD).detach(), ctx.dead_F,
-                            self.cfg.k_aux or self.cfg.d_in // 2, sparse)
+            k_aux = self.cfg.k_aux or self.cfg.d_in // 2
+            aux = auxk_loss(self, outer_mand(u_BHM, v_BHN), (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux,
+                            use_sparse_decoder(self.cfg, k_aux))
         active_BK = values_BK > 0
         fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
         fired_F[idx_BK[active_BK]] = True
