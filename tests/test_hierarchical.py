@@ -29,9 +29,10 @@ def topk_twin(sae, k: int):
     return twin
 
 
+@pytest.mark.parametrize("gram_loss", [True, False])
 @pytest.mark.parametrize("k_set", ["all", "geometric", [3, 5]])
-def test_loss_is_mean_of_per_k_losses_the_slow_way(k_set):
-    sae = perturbed(k_set=k_set)
+def test_loss_is_mean_of_per_k_losses_the_slow_way(k_set, gram_loss):
+    sae = perturbed(k_set=k_set, gram_loss=gram_loss)
     x = torch.randn(40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     out = sae.training_loss(x, TrainContext(0, 10, None))
     ks = loss_ks(k_set, K)
@@ -40,6 +41,24 @@ def test_loss_is_mean_of_per_k_losses_the_slow_way(k_set):
     full = (x - topk_twin(sae, K)(x).x_hat).pow(2).sum(-1).mean()
     torch.testing.assert_close(out.mse, full, rtol=1e-12, atol=1e-12)
     assert abs(out.loss.item() - out.mse.item()) > 1.0  # the per-k average is not the full-K error
+
+
+def test_gram_and_cumsum_losses_agree_in_value_and_gradient():
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(5))
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[::4] = True
+    results = {}
+    for gram in (True, False):
+        sae = perturbed(dtype=torch.float32, gram_loss=gram, k_set="geometric")
+        out = sae.training_loss(x, TrainContext(0, 10, dead))
+        out.loss.backward()
+        results[gram] = (out, {n: p.grad.clone() for n, p in sae.named_parameters()})
+    (fast, fast_grads), (ref, ref_grads) = results[True], results[False]
+    assert fast.terms["auxk"] > 0  # AuxK active in both
+    torch.testing.assert_close(fast.loss, ref.loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.mse, ref.mse, rtol=1e-5, atol=1e-5)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_loss_ks():
