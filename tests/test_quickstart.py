@@ -14,7 +14,7 @@ def test_quickstart_writes_metrics_report_and_sae(tmp_path):
     out = tmp_path / "qs"
     cmd = [sys.executable, "-m", "saelab.cli", "quickstart", "--out", str(out), "--tokens", "16384",
            "--eval-tokens", "2048", "--width", "1024"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(out / "metrics.json") in result.stdout and str(out / "report.html") in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())

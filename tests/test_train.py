@@ -12,8 +12,7 @@ import saelab
 from saelab.train import NonFiniteError, batch_indices, train_sae
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import mean_best_cosine, sparse_dictionary_store  # noqa: E402
-
+from synthetic import mean_best_cosine, sparse_dictionary_store
 
 JUMPRELU_SHORTFALL = pytest.mark.xfail(
     strict=True, reason="JumpReLU reaches a mean best cosine of ~0.79 here (about 47% of latents die); open")
@@ -44,16 +43,15 @@ def test_jumprelu_reaches_its_target_l0_and_reconstructs():
 
 
 def test_resume_after_kill_gives_same_weights(tmp_path):
-    args = dict(kind="topk", width=64, tokens=120_000, batch_size=128, lr=1e-3, k=4, progress=False)
+    args = {"kind": "topk", "width": 64, "tokens": 120_000, "batch_size": 128, "lr": 1e-3, "k": 4, "progress": False}
     store, _ = sparse_dictionary_store(n_features=64, n=20_000)
     unbroken = train_sae(store, **args)
     script = tmp_path / "run.py"
     script.write_text(
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from synthetic import sparse_dictionary_store\nfrom saelab.train import train_sae\n"
         "store, _ = sparse_dictionary_store(n_features=64, n=20_000)\n"
-        "train_sae(store, checkpoint_dir=%r, checkpoint_every=50, **%r)\n"
-        % (str(Path(__file__).parent), str(tmp_path / "run"), args)
+        f"train_sae(store, checkpoint_dir={str(tmp_path / 'run')!r}, checkpoint_every=50, **{args!r})\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)])
     ckpt = tmp_path / "run" / "checkpoint" / "trainer.pt"
@@ -72,8 +70,8 @@ def test_resume_after_kill_gives_same_weights(tmp_path):
 
 def test_non_finite_activations_stop_with_step_and_keep_checkpoint(tmp_path):
     store, _ = sparse_dictionary_store(n_features=64, n=4096)
-    args = dict(kind="topk", width=64, batch_size=128, tokens=4096 * 3, k=4, progress=False,
-                checkpoint_dir=tmp_path, checkpoint_every=10)
+    args = {"kind": "topk", "width": 64, "batch_size": 128, "tokens": 4096 * 3, "k": 4, "progress": False,
+            "checkpoint_dir": tmp_path, "checkpoint_every": 10}
 
     def interrupt(log):
         if log["step"] == 25:
