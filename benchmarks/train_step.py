@@ -9,7 +9,7 @@ excluded by timing from the callback: `log_every=1`, and tokens/s is measured be
 callback after step `warmup-1` and the one after the last step (the log's own cost, a few
 `.item()`s and a [B, D] variance, is < 1% of a step and is included).
 
-Every kind in `saelab.SAE_KINDS` at run time is benchmarked, with k=32 for kinds whose config
+Every kind in `saelab.SAE_KINDS` at run time (but the composite `residual`) is benchmarked, with k=32 for kinds whose config
 has `k` (topk, batchtopk) and target_l0=32 for kinds with `target_l0` (jumprelu). The
 trainer's default `dead_tokens` (50,000) means a short run never marks a latent dead, so the
 AuxK term of topk-family kinds is skipped; the `+auxk` rows set dead_tokens=0 (every latent
@@ -133,7 +133,8 @@ def main() -> None:
         parser.error("--warmup must be at least 1 (the timing starts at the callback of step warmup-1)")
 
     torch.set_num_threads(args.threads)
-    kinds = args.kinds or list(saelab.SAE_KINDS)
+    # Composite kinds (residual) are built from trained SAEs, not trained from scratch.
+    kinds = args.kinds or [k for k, cls in saelab.SAE_KINDS.items() if not hasattr(cls, "load_folder")]
     if args.acts:
         store = ActivationStore.load(args.acts)
         data = f"real activations from {args.acts} ({len(store):,} tokens)"
