@@ -21,6 +21,7 @@ Usage (2 CPU cores):
     python benchmarks/encoders.py                              # widths 4608 18432 65536 (~1.5 min with --threads 1)
     python benchmarks/encoders.py --widths 4608 --iters 3      # quick check
     python benchmarks/encoders.py --threads 1                  # when the other core is busy
+    python benchmarks/encoders.py --head 16 16                 # KronSAE heads of 16 x 16 (an eighth of TopK's MACs)
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per row")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--head", type=int, nargs=2, metavar=("M", "N"), default=None,
+                        help="KronSAE head shape m n (default: kron_shape's rule, 8 x 8)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -104,7 +107,7 @@ def main() -> None:
     rows = []
     for F in args.widths:
         topk = saelab.make_sae("topk", D, F, k=k)
-        kron = saelab.make_sae("kron", D, F, k=k)
+        kron = saelab.make_sae("kron", D, F, k=k, **({"m": args.head[0], "n": args.head[1]} if args.head else {}))
         time_row = {
             "topk_enc": tokens_per_s(encoder_step(topk, x_BD, k), B, args.warmup, args.iters),
             "kron_enc": tokens_per_s(encoder_step(kron, x_BD, k, kron_top_latents=True), B, args.warmup, args.iters),
