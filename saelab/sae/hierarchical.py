@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from saelab.sae import register
 from saelab.sae.base import LossOutput, TrainContext, sq_error
-from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, decode_topk, use_sparse_decoder
+from saelab.sae.topk import (
+    TopKConfig,
+    TopKSAE,
+    auxk_loss,
+    decode_topk,
+    topk_loss_output,
+    use_sparse_decoder,
+)
 
 
 @dataclass
@@ -117,8 +124,4 @@ class HierarchicalTopKSAE(TopKSAE):
         k_aux = self.cfg.k_aux or self.cfg.d_in // 2
         aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux,
                         use_sparse_decoder(self.cfg, k_aux))
-        active_BK = values_BK > 0
-        fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
-        fired_F[idx_BK[active_BK]] = True
-        return LossOutput(loss + self.cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(),
-                          fired_F, {"auxk": aux.detach().item()})
+        return topk_loss_output(self.cfg, loss, mse, aux, values_BK, idx_BK)

@@ -22,7 +22,14 @@ from torch import nn
 
 from saelab.sae import register
 from saelab.sae.base import SAE, LossOutput, TrainContext, sq_error
-from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, decode_topk, use_sparse_decoder
+from saelab.sae.topk import (
+    TopKConfig,
+    TopKSAE,
+    auxk_loss,
+    decode_topk,
+    topk_loss_output,
+    use_sparse_decoder,
+)
 
 HEAD_SIZE = 64  # kron_shape's preferred m·n per head: m = n = 8, a quarter of TopK's encoder work
 
@@ -191,11 +198,7 @@ class KronSAE(TopKSAE):
             k_aux = self.cfg.k_aux or self.cfg.d_in // 2
             aux = auxk_loss(self, outer_mand(u_BHM, v_BHN), (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux,
                             use_sparse_decoder(self.cfg, k_aux))
-        active_BK = values_BK > 0
-        fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
-        fired_F[idx_BK[active_BK]] = True
-        return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(),
-                          fired_F, {"auxk": aux.detach().item()})
+        return topk_loss_output(self.cfg, mse, mse, aux, values_BK, idx_BK)
 
     @torch.no_grad()
     def fold_input_scale(self, s: float) -> None:

@@ -78,6 +78,16 @@ def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torc
     return min(n_dead / k_aux, 1.0) * sq_error(err_BD, e_hat_BD) / denom
 
 
+def topk_loss_output(cfg: TopKConfig, recon: torch.Tensor, mse: torch.Tensor, aux: torch.Tensor,
+                     values_BK: torch.Tensor, idx_BK: torch.Tensor) -> LossOutput:
+    """The TopK family's `LossOutput`: loss `recon + aux_coef·aux`; L0 and fired latents from the kept codes."""
+    active_BK = values_BK > 0
+    fired_F = torch.zeros(cfg.width, dtype=torch.bool, device=values_BK.device)
+    fired_F[idx_BK[active_BK]] = True
+    return LossOutput(recon + cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(), fired_F,
+                      {"auxk": aux.detach().item()})
+
+
 @register
 class TopKSAE(SAE):
     config_class = TopKConfig
@@ -109,8 +119,4 @@ class TopKSAE(SAE):
         mse = sq_error(x_BD, x_hat_BD)
         k_aux = self.cfg.k_aux or self.cfg.d_in // 2
         aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux, use_sparse_decoder(self.cfg, k_aux))
-        active_BK = values_BK > 0
-        fired_F = torch.zeros(self.cfg.width, dtype=torch.bool, device=x_BD.device)
-        fired_F[idx_BK[active_BK]] = True
-        return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(),
-                          fired_F, {"auxk": aux.detach().item()})
+        return topk_loss_output(self.cfg, mse, mse, aux, values_BK, idx_BK)
