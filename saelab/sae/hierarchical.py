@@ -83,8 +83,9 @@ def hierarchical_loss_gram(W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, x_BD: 
     width 4608, K 64, batch 512 (1 thread), as the `[B, K, D]` cumsum and error tensors go.
     """
     K = values_BK.shape[1]
-    c_K = torch.tensor([sum(j >= i for j in ks) for i in range(1, K + 1)], dtype=x_BD.dtype, device=x_BD.device)
     order = torch.arange(K, device=x_BD.device)
+    ks_J = torch.tensor(ks, device=x_BD.device)
+    c_K = (ks_J >= order[:, None] + 1).sum(1).to(x_BD.dtype)  # c_i = #{j in ks : j >= i}, i = 1..K
     C_KK = c_K[torch.maximum(order[:, None], order[None, :])]
     r_BD = x_BD - b_dec_D
     W_BKD = F.embedding(idx_BK, W_dec_FD)
