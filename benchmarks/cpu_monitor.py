@@ -35,8 +35,14 @@ class CpuMonitor:
         (w0, b0, s0), (w1, b1, s1) = self.start, self._sample()
         wall, mine = w1 - w0, (s1 - s0)
         if b0 is None or b1 is None:
-            return f"# CPU over the timed part: this process {mine / wall:.2f} cores (machine total unknown)", False
+            return (
+                f"# CPU over the timed part: this process {mine / wall:.2f} cores (machine total unknown)",
+                False,
+            )
         others = max(0.0, (b1 - b0) - mine) / wall
         busy = others > 0.2
-        return (f"# CPU over the timed part: this process {mine / wall:.2f} cores, other processes {others:.2f} cores, "
-                f"of {os.cpu_count()}" + (" -- SHARED: times are inflated and noisy, rerun on a quiet machine" if busy else "")), busy
+        return (
+            f"# CPU over the timed part: this process {mine / wall:.2f} cores, other processes {others:.2f} cores, "
+            f"of {os.cpu_count()}"
+            + (" -- SHARED: times are inflated and noisy, rerun on a quiet machine" if busy else "")
+        ), busy

@@ -13,7 +13,7 @@ decoders, the code values, as in training). tokens/s = batch / median time of th
 iterations, after the warm-up ones.
 
 KronSAE's saving is in the matmul: `h(m+n)·d` multiply-adds per token against `F·d`
-(`encoder_multiply_adds`). The mAND values and the top-k over all F latents stay O(B·F) in
+(`SAE.encoder_multiply_adds`). The mAND values and the top-k over all F latents stay O(B·F) in
 time and memory, like TopK's top-k, so at small widths the speedup is below the
 multiply-add ratio.
 
@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cpu_monitor import CpuMonitor
 
 import saelab
-from saelab.sae.kron import encoder_multiply_adds
 from saelab.sae.topk import decode_topk, topk_codes
 
 
@@ -56,7 +55,9 @@ def tokens_per_s(step: Callable[[], None], batch: int, warmup: int, iters: int) 
     return batch / statistics.median(times)
 
 
-def encoder_step(sae: saelab.SAE, x_BD: torch.Tensor, k: int, kron_top_latents: bool = False) -> Callable[[], None]:
+def encoder_step(
+    sae: saelab.SAE, x_BD: torch.Tensor, k: int, kron_top_latents: bool = False
+) -> Callable[[], None]:
     """Forward + backward of `sae`'s top-k codes (`topk_codes(pre_acts)` or KronSAE's
     `top_latents`), gradients dropped after."""
     grad_BK = torch.randn(len(x_BD), k, generator=torch.Generator().manual_seed(1))
@@ -96,8 +97,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per row")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--head", type=int, nargs=2, metavar=("M", "N"), default=None,
-                        help="KronSAE head shape m n (default: kron_shape's rule, 8 x 8)")
+    parser.add_argument(
+        "--head",
+        type=int,
+        nargs=2,
+        metavar=("M", "N"),
+        default=None,
+        help="KronSAE head shape m n (default: kron_shape's rule, 8 x 8)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -107,34 +114,54 @@ def main() -> None:
     rows = []
     for F in args.widths:
         topk = saelab.make_sae("topk", D, F, k=k)
-        kron = saelab.make_sae("kron", D, F, k=k, **({"m": args.head[0], "n": args.head[1]} if args.head else {}))
+        kron = saelab.make_sae(
+            "kron", D, F, k=k, **({"m": args.head[0], "n": args.head[1]} if args.head else {})
+        )
         time_row = {
             "topk_enc": tokens_per_s(encoder_step(topk, x_BD, k), B, args.warmup, args.iters),
-            "kron_enc": tokens_per_s(encoder_step(kron, x_BD, k, kron_top_latents=True), B, args.warmup, args.iters),
+            "kron_enc": tokens_per_s(
+                encoder_step(kron, x_BD, k, kron_top_latents=True), B, args.warmup, args.iters
+            ),
             "kron_dense": tokens_per_s(encoder_step(kron, x_BD, k), B, args.warmup, args.iters),
-            "dense_dec": tokens_per_s(decoder_step(topk.W_dec_FD, B, k, sparse=False), B, args.warmup, args.iters),
-            "sparse_dec": tokens_per_s(decoder_step(topk.W_dec_FD, B, k, sparse=True), B, args.warmup, args.iters),
+            "dense_dec": tokens_per_s(
+                decoder_step(topk.W_dec_FD, B, k, sparse=False), B, args.warmup, args.iters
+            ),
+            "sparse_dec": tokens_per_s(
+                decoder_step(topk.W_dec_FD, B, k, sparse=True), B, args.warmup, args.iters
+            ),
         }
         shape = f"{kron.cfg.heads}x{kron.cfg.m}x{kron.cfg.n}"
-        rows.append((F, shape, encoder_multiply_adds(topk) / encoder_multiply_adds(kron), time_row))
+        rows.append(
+            (F, shape, topk.encoder_multiply_adds() / kron.encoder_multiply_adds(), time_row)
+        )
         del topk, kron
 
     cpu_line, _ = monitor.report()
-    print(f"# forward+backward tokens/s, d_in {D}, batch {B}, k {k}, median of {args.iters} after {args.warmup} "
-          f"warm-up, torch threads {torch.get_num_threads()}, saelab from {Path(saelab.__file__).parent}")
+    print(
+        f"# forward+backward tokens/s, d_in {D}, batch {B}, k {k}, median of {args.iters} after {args.warmup} "
+        f"warm-up, torch threads {torch.get_num_threads()}, saelab from {Path(saelab.__file__).parent}"
+    )
     print(cpu_line)
-    print("# enc MAC ratio = TopK encoder multiply-adds / KronSAE's = F / (h(m+n)); speedup = KronSAE / TopK encoder tok/s")
+    print(
+        "# enc MAC ratio = TopK encoder multiply-adds / KronSAE's = F / (h(m+n)); speedup = KronSAE / TopK encoder tok/s"
+    )
     print()
-    print("| width | kron h x m x n | enc MAC ratio | TopK enc tok/s | KronSAE enc tok/s | speedup "
-          "| KronSAE enc (dense grad) tok/s | dense dec tok/s | sparse dec tok/s |")
+    print(
+        "| width | kron h x m x n | enc MAC ratio | TopK enc tok/s | KronSAE enc tok/s | speedup "
+        "| KronSAE enc (dense grad) tok/s | dense dec tok/s | sparse dec tok/s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for F, shape, mac_ratio, t in rows:
-        print(f"| {F} | {shape} | {mac_ratio:.1f} | {t['topk_enc']:,.0f} | {t['kron_enc']:,.0f} "
-              f"| {t['kron_enc'] / t['topk_enc']:.2f} | {t['kron_dense']:,.0f} | {t['dense_dec']:,.0f} "
-              f"| {t['sparse_dec']:,.0f} |")
+        print(
+            f"| {F} | {shape} | {mac_ratio:.1f} | {t['topk_enc']:,.0f} | {t['kron_enc']:,.0f} "
+            f"| {t['kron_enc'] / t['topk_enc']:.2f} | {t['kron_dense']:,.0f} | {t['dense_dec']:,.0f} "
+            f"| {t['sparse_dec']:,.0f} |"
+        )
     final = [t for F, _, _, t in rows if F == 65536]
     if final:
-        print(f"kron_vs_topk_encoder_speedup_65536: {final[0]['kron_enc'] / final[0]['topk_enc']:.2f}")
+        print(
+            f"kron_vs_topk_encoder_speedup_65536: {final[0]['kron_enc'] / final[0]['topk_enc']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cpu_monitor import CpuMonitor
 
 import saelab
+from saelab.interventions import read_hookpoints
 from saelab.models import first_tensor, hook_module, parse_hookpoint
 
 
@@ -50,7 +51,9 @@ class _StopForward(Exception):
     """Raised by the raw method's hook once the hookpoint's output is stored."""
 
 
-def raw_forward(hf: torch.nn.Module, module: torch.nn.Module, tokens_CT: torch.Tensor, batch_size: int) -> list:
+def raw_forward(
+    hf: torch.nn.Module, module: torch.nn.Module, tokens_CT: torch.Tensor, batch_size: int
+) -> list:
     """Plain forward per batch, stopped at `module` by a hook; returns the stored outputs."""
     saved: list[torch.Tensor] = []
 
@@ -73,28 +76,37 @@ def raw_forward(hf: torch.nn.Module, module: torch.nn.Module, tokens_CT: torch.T
 
 
 def trace_only(model, hookpoint, tokens_CT: torch.Tensor, batch_size: int) -> list:
-    """harvest's inner trace loop alone: save the hookpoint, stop; no post-processing."""
-    saved = []
-    with torch.no_grad():
-        for start in range(0, len(tokens_CT), batch_size):
-            with model.trace(tokens_CT[start : start + batch_size]) as tracer:
-                out = first_tensor(hook_module(model, hookpoint).output).save()
-                tracer.stop()
-            saved.append(out)
-    return saved
+    """harvest's inner trace loop alone (`interventions.read_hookpoints`: save the hookpoint,
+    stop); no post-processing."""
+    return [
+        read_hookpoints(model, [hookpoint], tokens_CT[start : start + batch_size])[0]
+        for start in range(0, len(tokens_CT), batch_size)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="saelab.load_model name (stories260k for a quick check)")
-    parser.add_argument("--hookpoint", default="resid_post.15", help="clamped to the model's last layer")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="saelab.load_model name (stories260k for a quick check)",
+    )
+    parser.add_argument(
+        "--hookpoint", default="resid_post.15", help="clamped to the model's last layer"
+    )
     parser.add_argument("--corpus", default="medical")
-    parser.add_argument("--tokens", type=int, default=8192, help="packed tokens per timed run (full: 32768)")
+    parser.add_argument(
+        "--tokens", type=int, default=8192, help="packed tokens per timed run (full: 32768)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ctx-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each method (full: 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs of each method (full: 5)"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--progress", action="store_true", help="let harvest draw its tqdm bar (its default)")
+    parser.add_argument(
+        "--progress", action="store_true", help="let harvest draw its tqdm bar (its default)"
+    )
     parser.add_argument("--no-trace-row", action="store_true", help="skip the 'nnsight trace' row")
     args = parser.parse_args()
 
@@ -112,15 +124,30 @@ def main() -> None:
 
     texts = saelab.load_corpus(args.corpus, "train")
     n_ctx = -(-args.tokens // args.ctx_len)
-    all_CT = saelab.pack(model.tokenizer, texts, args.ctx_len, (n_ctx + args.batch_size) * args.ctx_len)
+    all_CT = saelab.pack(
+        model.tokenizer, texts, args.ctx_len, (n_ctx + args.batch_size) * args.ctx_len
+    )
     if len(all_CT) < n_ctx + args.batch_size:
-        raise SystemExit(f"the corpus packs into {len(all_CT)} contexts, fewer than {n_ctx + args.batch_size}")
-    warm_CT, tokens_CT = all_CT[: args.batch_size], all_CT[args.batch_size : args.batch_size + n_ctx]
+        raise SystemExit(
+            f"the corpus packs into {len(all_CT)} contexts, fewer than {n_ctx + args.batch_size}"
+        )
+    warm_CT, tokens_CT = (
+        all_CT[: args.batch_size],
+        all_CT[args.batch_size : args.batch_size + n_ctx],
+    )
     n_tokens = tokens_CT.numel()
 
     def run_harvest(ids_CT):
-        return saelab.harvest(model, hookpoint_name, ids_CT, max_tokens=ids_CT.numel(), ctx_len=args.ctx_len,
-                              batch_size=args.batch_size, device="cpu", progress=args.progress)
+        return saelab.harvest(
+            model,
+            hookpoint_name,
+            ids_CT,
+            max_tokens=ids_CT.numel(),
+            ctx_len=args.ctx_len,
+            batch_size=args.batch_size,
+            device="cpu",
+            progress=args.progress,
+        )
 
     methods = {"raw forward": lambda ids: raw_forward(hf, raw_module, ids, args.batch_size)}
     if not args.no_trace_row:
@@ -140,7 +167,9 @@ def main() -> None:
     # and go on a scale of minutes); compare per-batch medians and per-batch paired ratios.
     names = list(methods)
     monitor = CpuMonitor()
-    batches = [tokens_CT[s : s + args.batch_size] for s in range(0, len(tokens_CT), args.batch_size)]
+    batches = [
+        tokens_CT[s : s + args.batch_size] for s in range(0, len(tokens_CT), args.batch_size)
+    ]
     times: dict[str, list[float]] = {name: [] for name in names}
     ratios: list[float] = []
     for rep in range(args.repeats):
@@ -156,25 +185,35 @@ def main() -> None:
     cpu_line, _ = monitor.report()
 
     batch_tokens = batches[0].numel()
-    print(f"# harvest benchmark: model {args.model} (load {load_s:.1f} s), hookpoint {hookpoint_name}, "
-          f"corpus {args.corpus}/train, batches {args.batch_size}x{args.ctx_len}, {len(batches)} batches "
-          f"({n_tokens} tokens) x {args.repeats} repeats, each batch timed per method in rotating order, "
-          f"torch threads {torch.get_num_threads()}, tqdm {'on' if args.progress else 'off'}, "
-          f"saelab from {Path(saelab.__file__).parent}")
+    print(
+        f"# harvest benchmark: model {args.model} (load {load_s:.1f} s), hookpoint {hookpoint_name}, "
+        f"corpus {args.corpus}/train, batches {args.batch_size}x{args.ctx_len}, {len(batches)} batches "
+        f"({n_tokens} tokens) x {args.repeats} repeats, each batch timed per method in rotating order, "
+        f"torch threads {torch.get_num_threads()}, tqdm {'on' if args.progress else 'off'}, "
+        f"saelab from {Path(saelab.__file__).parent}"
+    )
     print(cpu_line)
-    print("# harvest is called once per batch here, so its per-call costs (tqdm setup, StoreInfo, cat) count once per batch")
-    header = (f"{'method':<14} {'tokens':>7} {'total s':>8} {'median s/batch':>15} {'best s/batch':>13} "
-              f"{'tok/s median':>13} {'tok/s best':>11}")
+    print(
+        "# harvest is called once per batch here, so its per-call costs (tqdm setup, StoreInfo, cat) count once per batch"
+    )
+    header = (
+        f"{'method':<14} {'tokens':>7} {'total s':>8} {'median s/batch':>15} {'best s/batch':>13} "
+        f"{'tok/s median':>13} {'tok/s best':>11}"
+    )
     print(header)
     print("-" * len(header))
     for name, ts in times.items():
         med, best = statistics.median(ts), min(ts)
-        print(f"{name:<14} {batch_tokens * len(ts):>7} {sum(ts):>8.1f} {med:>15.3f} {best:>13.3f} "
-              f"{batch_tokens / med:>13.0f} {batch_tokens / best:>11.0f}")
+        print(
+            f"{name:<14} {batch_tokens * len(ts):>7} {sum(ts):>8.1f} {med:>15.3f} {best:>13.3f} "
+            f"{batch_tokens / med:>13.0f} {batch_tokens / best:>11.0f}"
+        )
     ratio_best = min(times["raw forward"]) / min(times["harvest"])
-    print(f"# ratio from best batches: {ratio_best:.3f}; from medians: "
-          f"{statistics.median(times['raw forward']) / statistics.median(times['harvest']):.3f}; "
-          f"paired per-batch ratios min/median/max: {min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}")
+    print(
+        f"# ratio from best batches: {ratio_best:.3f}; from medians: "
+        f"{statistics.median(times['raw forward']) / statistics.median(times['harvest']):.3f}; "
+        f"paired per-batch ratios min/median/max: {min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}"
+    )
     print(f"harvest_vs_raw_ratio: {statistics.median(ratios):.3f}")
 
 

@@ -43,18 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cpu_monitor import CpuMonitor
 
 import saelab
-from saelab.activations import ActivationStore, StoreInfo
+from saelab.activations import ActivationStore
+from saelab.sae import sae_class
 from saelab.train import TrainConfig
 
 PEER = "SAELens 6.54 TopK (k=32, batch 1024, Adam, fp32): 3,670 tok/s at 4608, 706 tok/s at 16384"
 
 
 def gaussian_store(n: int, d: int, seed: int = 0) -> ActivationStore:
-    """`n` x `d` standard Gaussian activations as an in-memory store (as tests/synthetic.py builds one)."""
+    """`n` x `d` standard Gaussian activations as an in-memory store."""
     x_ND = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    zeros = torch.zeros(n, dtype=torch.int32)
-    info = StoreInfo("gaussian", "resid_post.0", d, n_tokens=n)
-    return ActivationStore(x_ND, zeros, zeros, torch.zeros(1, 1, dtype=torch.long), info)
+    return ActivationStore.from_tensor(x_ND, hookpoint="resid_post.0", model="gaussian")
 
 
 def best_time(fn, repeats: int) -> float:
@@ -85,18 +84,30 @@ def gemm_times(B: int, D: int, F: int, repeats: int) -> dict[str, float]:
     return {name: best_time(fn, repeats) for name, fn in products.items()}
 
 
-def kind_options(kind: str, k: int, target_l0: float) -> dict:
-    names = {f.name for f in fields(saelab.SAE_KINDS[kind].config_class)}
-    options = {}
-    if "k" in names:
-        options["k"] = k
-    if "target_l0" in names:
-        options["target_l0"] = target_l0
-    return options
+def options_of(kind: str) -> set[str]:
+    """The config fields of `kind` (AuxK rows for the kinds with a `k_aux`)."""
+    return {f.name for f in fields(sae_class(kind).config_class)}
 
 
-def time_training(store, kind: str, width: int, batch_size: int, steps: int, warmup: int, options: dict,
-                  dead_tokens: int) -> tuple[float, dict]:
+def kind_options(kind: str, target_l0: float) -> dict:
+    """The kind's own sparsity option for L0 `target_l0` (k for the TopK family, target_l0 for
+    JumpReLU); none for ReLU, whose L0 follows its L1 coefficient."""
+    try:
+        return sae_class(kind).sparsity_option(target_l0)
+    except ValueError:
+        return {}
+
+
+def time_training(
+    store,
+    kind: str,
+    width: int,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    options: dict,
+    dead_tokens: int,
+) -> tuple[float, dict]:
     """Tokens/s of `train_sae` over the timed steps, and the last log."""
     n_steps = warmup + steps
     stamps: dict[int, float] = {}
@@ -106,9 +117,18 @@ def time_training(store, kind: str, width: int, batch_size: int, steps: int, war
         stamps[log["step"]] = time.perf_counter()
         logs.append(log)
 
-    cfg = TrainConfig(kind=kind, width=width, tokens=n_steps * batch_size, batch_size=batch_size,
-                      dead_tokens=dead_tokens, scale_sample=min(20_000, len(store)), options=options)
-    saelab.train_sae(store, config=cfg, callback=callback, device="cpu", progress=False, log_every=1)
+    cfg = TrainConfig(
+        kind=kind,
+        width=width,
+        max_tokens=n_steps * batch_size,
+        batch_size=batch_size,
+        dead_tokens=dead_tokens,
+        scale_sample=min(20_000, len(store)),
+        options=options,
+    )
+    saelab.train_sae(
+        store, config=cfg, callback=callback, device="cpu", progress=False, log_every=1
+    )
     elapsed = stamps[n_steps - 1] - stamps[warmup - 1]
     return steps * batch_size / elapsed, logs[-1]
 
@@ -118,23 +138,32 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[4608, 16384])
     parser.add_argument("--d-in", type=int, default=576, help="SmolLM2-135M's width")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--k", type=int, default=32, help="for kinds with a k (topk, batchtopk)")
-    parser.add_argument("--target-l0", type=float, default=32, help="for kinds with a target_l0 (jumprelu)")
-    parser.add_argument("--kinds", nargs="+", default=None, help="default: every kind in saelab.SAE_KINDS")
+    parser.add_argument(
+        "--target-l0", type=float, default=32, help="for kinds with a target_l0 (jumprelu)"
+    )
+    parser.add_argument(
+        "--kinds", nargs="+", default=None, help="default: every kind in saelab.SAE_KINDS"
+    )
     parser.add_argument("--steps", type=int, default=8, help="timed steps per row (full: 30)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
-    parser.add_argument("--no-auxk-rows", action="store_true", help="skip the +auxk (dead_tokens=0) rows")
+    parser.add_argument(
+        "--no-auxk-rows", action="store_true", help="skip the +auxk (dead_tokens=0) rows"
+    )
     parser.add_argument("--store-tokens", type=int, default=65_536, help="size of the random store")
-    parser.add_argument("--acts", default=None, help="a saved ActivationStore folder instead of random data")
+    parser.add_argument(
+        "--acts", default=None, help="a saved ActivationStore folder instead of random data"
+    )
     parser.add_argument("--gemm-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.warmup < 1:
-        parser.error("--warmup must be at least 1 (the timing starts at the callback of step warmup-1)")
+        parser.error(
+            "--warmup must be at least 1 (the timing starts at the callback of step warmup-1)"
+        )
 
     torch.set_num_threads(args.threads)
     # Composite kinds (residual) are built from trained SAEs, not trained from scratch.
-    kinds = args.kinds or [k for k, cls in saelab.SAE_KINDS.items() if not hasattr(cls, "load_folder")]
+    kinds = args.kinds or [k for k, cls in saelab.SAE_KINDS.items() if not cls.composite]
     if args.acts:
         store = ActivationStore.load(args.acts)
         data = f"real activations from {args.acts} ({len(store):,} tokens)"
@@ -153,42 +182,56 @@ def main() -> None:
         gemm[F] = gemm_times(B, D, F, args.gemm_repeats)
         width_rows = []
         for kind in kinds:
-            options = kind_options(kind, args.k, args.target_l0)
+            options = kind_options(kind, args.target_l0)
             variants = [("", 50_000)]
-            if not args.no_auxk_rows and "k_aux" in {f.name for f in fields(saelab.SAE_KINDS[kind].config_class)}:
+            if not args.no_auxk_rows and "k_aux" in options_of(kind):
                 variants.append(("+auxk", 0))
             for suffix, dead_tokens in variants:
-                tok_s, log = time_training(store, kind, F, B, args.steps, args.warmup, options, dead_tokens)
+                tok_s, log = time_training(
+                    store, kind, F, B, args.steps, args.warmup, options, dead_tokens
+                )
                 width_rows.append((kind + suffix, F, tok_s, log))
         after = gemm_times(B, D, F, args.gemm_repeats)
         gemm[F] = {name: min(t, after[name]) for name, t in gemm[F].items()}
         ideal[F] = B / sum(gemm[F].values())
         rows += [(name, F_, tok_s, ideal[F], log) for name, F_, tok_s, log in width_rows]
 
-    print(f"# dense fp32 products of one step (best of 2x{args.gemm_repeats}, before and after the width's runs), "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"# dense fp32 products of one step (best of 2x{args.gemm_repeats}, before and after the width's runs), "
+        f"torch threads {torch.get_num_threads()}"
+    )
     for F, times in gemm.items():
         for name, t in times.items():
-            print(f"#   F={F:<6} {name:<26} {t * 1e3:8.1f} ms  {2 * B * D * F / t / 1e9:7.1f} GFLOP/s")
+            print(
+                f"#   F={F:<6} {name:<26} {t * 1e3:8.1f} ms  {2 * B * D * F / t / 1e9:7.1f} GFLOP/s"
+            )
         total = sum(times.values())
         tight = B / (total - times["dL/dx     [B,F]@[D,F]^T"])
-        print(f"#   F={F:<6} 12*B*D*F step: {total * 1e3:.0f} ms -> {12 * B * D * F / total / 1e9:.1f} GFLOP/s, "
-              f"ideal {ideal[F]:,.0f} tok/s (10*B*D*F without dL/dx: {tight:,.0f} tok/s)")
+        print(
+            f"#   F={F:<6} 12*B*D*F step: {total * 1e3:.0f} ms -> {12 * B * D * F / total / 1e9:.1f} GFLOP/s, "
+            f"ideal {ideal[F]:,.0f} tok/s (10*B*D*F without dL/dx: {tight:,.0f} tok/s)"
+        )
 
     cpu_line, _ = monitor.report()
-    print(f"# SAE training step: d_in {D}, batch {B}, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"{data}, saelab from {Path(saelab.__file__).parent}")
+    print(
+        f"# SAE training step: d_in {D}, batch {B}, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"{data}, saelab from {Path(saelab.__file__).parent}"
+    )
     print(cpu_line)
     print("# (quoted from DESIGN.md, not measured here) " + PEER)
     final_width = 16384 if 16384 in args.widths else args.widths[0]
-    print(f"# ratio = tokens/s / ideal tokens/s; the final line is topk at width {final_width}; "
-          "l0 and dead (fraction of latents counted dead) are from the last step")
+    print(
+        f"# ratio = tokens/s / ideal tokens/s; the final line is topk at width {final_width}; "
+        "l0 and dead (fraction of latents counted dead) are from the last step"
+    )
     header = f"{'kind':<16} {'width':>6} {'tokens/s':>9} {'ideal tok/s':>12} {'ratio':>6} {'l0':>7} {'dead':>6}"
     print(header)
     print("-" * len(header))
     for name, F, tok_s, ideal_s, log in rows:
-        print(f"{name:<16} {F:>6} {tok_s:>9,.0f} {ideal_s:>12,.0f} {tok_s / ideal_s:>6.2f} {log['l0']:>7.1f} "
-              f"{log['dead_fraction']:>6.1%}")
+        print(
+            f"{name:<16} {F:>6} {tok_s:>9,.0f} {ideal_s:>12,.0f} {tok_s / ideal_s:>6.2f} {log['l0']:>7.1f} "
+            f"{log['dead_fraction']:>6.1%}"
+        )
     final = [r for r in rows if r[0] == "topk" and r[1] == final_width]
     if final:
         name, F, tok_s, ideal_s, _ = final[0]

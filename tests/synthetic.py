@@ -2,7 +2,7 @@
 
 import torch
 
-from saelab.activations import ActivationStore, StoreInfo
+from saelab.activations import ActivationStore
 
 
 def sparse_dictionary_store(d=32, n_features=128, n=40_000, k=4, offset=0.3, seed=0):
@@ -13,9 +13,7 @@ def sparse_dictionary_store(d=32, n_features=128, n=40_000, k=4, offset=0.3, see
     idx_NK = torch.rand(n, n_features, generator=g).argsort(1)[:, :k]
     vals_NK = torch.rand(n, k, generator=g) * 2 + 0.5
     x_ND = torch.zeros(n, n_features).scatter_(1, idx_NK, vals_NK) @ D_FD + offset
-    zeros = torch.zeros(n, dtype=torch.int32)
-    info = StoreInfo("synthetic", "resid_post.0", d, n_tokens=n)
-    return ActivationStore(x_ND, zeros, zeros, torch.zeros(1, 1, dtype=torch.long), info), D_FD
+    return ActivationStore.from_tensor(x_ND, hookpoint="resid_post.0", model="synthetic"), D_FD
 
 
 def mean_best_cosine(W_dec_FD: torch.Tensor, D_FD: torch.Tensor) -> float:

@@ -2,24 +2,26 @@
 
 import re
 
+import ipywidgets as widgets
 import nbformat
 import pytest
 import torch
+from conftest import HOOK
 from nbclient import NotebookClient
-from saelab.widgets import FeatureExplorer
-from saelab.widgets.feature_explorer import _show_piece
 
 import saelab
+from saelab.activations import ActivationStore, StoreInfo
 from saelab.data import load_prompts
 from saelab.features import is_medical_piece, latent_histogram, latents_on_text, top_contexts
+from saelab.widgets import FeatureExplorer
+from saelab.widgets.feature_html import show_piece
 
-HOOK = "resid_post.2"
 CAT = "Once upon a time there was a cat"
 
 
 @pytest.fixture(scope="module")
-def store(stories, medical_texts):
-    return saelab.harvest(stories, HOOK, medical_texts, max_tokens=2048, ctx_len=64, progress=False)
+def store(medical_store):
+    return medical_store
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,34 @@ def activating_tokens(contexts_html):
     return re.findall(r"<span class='fe-act'[^>]*>(.*?)</span>", contexts_html)
 
 
+def descendants(widget):
+    """Every widget shown under `widget` (its children, their children, ...)."""
+    for child in getattr(widget, "children", ()):
+        yield child
+        yield from descendants(child)
+
+
 def test_builds_with_stats_and_first_alive_latent(explorer, store):
-    assert explorer.widget is explorer
+    shown = list(descendants(explorer))
+    views = (
+        explorer.latent,
+        explorer.search,
+        explorer.matches,
+        explorer.most_medical,
+        explorer.status,
+        explorer.header_html,
+        explorer.contexts_html,
+        explorer.histogram,
+        explorer.logits_html,
+        explorer.prompt,
+        explorer.run_prompt,
+        explorer.prompt_html,
+    )
+    assert all(any(v is w for w in shown) for v in views)  # every view is laid out
+    # one <style> block holds the classes; the views carry no inline layout styles
+    styles = [w.value for w in shown if isinstance(w, widgets.HTML) and "<style>" in w.value]
+    assert len(styles) == 1 and ".fe-act" in styles[0] and ".fe-token" in styles[0]
+    assert "monospace" not in explorer.contexts_html.value + explorer.logits_html.value
     assert explorer.stats.n_tokens == len(store)
     assert explorer.stats.top_index_FK.shape == (128, 10)
     first = alive(explorer)[0]
@@ -71,11 +99,12 @@ def test_latent_change_updates_every_view(explorer, sae, stories, store):
     expected = top_contexts(stats, store, stories.tokenizer, latent, window=4, sae=sae)
     assert expected  # an alive latent has contexts
     html_ = explorer.contexts_html.value
-    assert activating_tokens(html_) == [_show_piece(c.token) for c in expected]
+    assert activating_tokens(html_) == [show_piece(c.token) for c in expected]
     for c in expected:  # every neighbour is shown too, highlighted by its code
         for piece in (*c.left, *c.right):
-            assert f">{_show_piece(piece)}</span>" in html_
-        assert f"title='{max(a for a in c.window_acts if a is not None):.4g}'" in html_
+            assert f">{show_piece(piece)}</span>" in html_
+        strongest = max(a for a in c.window_acts if a is not None)
+        assert f"title='{strongest:.4g}'" in html_
     assert "rgba(255,140,0,1.000)" in html_  # the strongest context is fully highlighted
 
     hist = latent_histogram(sae, store, latent, n_bins=30)
@@ -90,8 +119,10 @@ def test_latent_change_updates_every_view(explorer, sae, stories, store):
     other = alive(explorer)[0]
     explorer.latent.value = other
     expected = top_contexts(stats, store, stories.tokenizer, other, window=4)
-    assert activating_tokens(explorer.contexts_html.value) == [_show_piece(c.token) for c in expected]
-    assert list(explorer.histogram.data[0].y) == latent_histogram(sae, store, other).counts_B.tolist()
+    shown = activating_tokens(explorer.contexts_html.value)
+    assert shown == [show_piece(c.token) for c in expected]
+    hist = latent_histogram(sae, store, other)
+    assert list(explorer.histogram.data[0].y) == hist.counts_B.tolist()
 
 
 def test_labels_hook_used_in_headers(explorer):
@@ -112,7 +143,8 @@ def test_search_lists_latents_with_that_top_token(explorer, stories, store):
     stats = explorer.stats
     # a top token that is a real word, so the query is specific
     latent, query = next(
-        (f, c.token.strip()) for f in alive(explorer)
+        (f, c.token.strip())
+        for f in alive(explorer)
         for c in top_contexts(stats, store, stories.tokenizer, f, window=0)
         if len(c.token.strip()) >= 3 and c.token.strip().isalpha()
     )
@@ -121,7 +153,8 @@ def test_search_lists_latents_with_that_top_token(explorer, stories, store):
     assert latent in listed
     assert listed == explorer.search_latents(query)
     for f in listed:
-        tokens = [c.token.lower() for c in top_contexts(stats, store, stories.tokenizer, f, window=0)]
+        contexts = top_contexts(stats, store, stories.tokenizer, f, window=0)
+        tokens = [c.token.lower() for c in contexts]
         assert any(query.lower() in t for t in tokens)
     assert explorer.matches.value is None  # listing does not jump
     explorer.matches.value = latent
@@ -136,17 +169,24 @@ def test_search_lists_latents_with_that_top_token(explorer, stories, store):
 
 def test_most_medical_picks_highest_share_then_density(explorer, stories, store):
     stats = explorer.stats
-    words = sorted({
-        c.token.strip().lower() for f in alive(explorer)
-        for c in top_contexts(stats, store, stories.tokenizer, f, window=0)
-        if len(c.token.strip()) >= 4 and c.token.strip().isalpha()
-    })
+    words = sorted(
+        {
+            c.token.strip().lower()
+            for f in alive(explorer)
+            for c in top_contexts(stats, store, stories.tokenizer, f, window=0)
+            if len(c.token.strip()) >= 4 and c.token.strip().isalpha()
+        }
+    )
     assert words, "need a >= 4-letter top token to build a vocabulary"
     vocabulary = set(words[:3])
     shares = {}
     for f in alive(explorer):
-        tokens = [stories.tokenizer.convert_ids_to_tokens(int(store.tokens_CT[store.context_N[r], store.position_N[r]]))
-                  for r in stats.top_index_FK[f].tolist() if r >= 0]
+        ids = [
+            int(store.tokens_CT[store.context_N[r], store.position_N[r]])
+            for r in stats.top_index_FK[f].tolist()
+            if r >= 0
+        ]
+        tokens = stories.tokenizer.convert_ids_to_tokens(ids)
         shares[f] = sum(is_medical_piece(t, vocabulary) for t in tokens) / len(tokens)
     expected = max(shares, key=lambda f: (shares[f], float(stats.density_F[f]), -f))
     assert shares[expected] > 0
@@ -167,20 +207,61 @@ def test_most_medical_picks_highest_share_then_density(explorer, stories, store)
         assert "no alive latent" in explorer.status.value
     finally:
         explorer.vocabulary = None
-    # the real vocabulary (SAELAB_SHARED): an alive latent or an explicit "none"
-    best = explorer.most_medical_latent()
-    assert best is None or best in alive(explorer)
+
+
+def test_most_medical_with_the_card_vocabulary(stories):
+    """A hand-built store where the answer is known. Each row's activation is a unit vector
+    e_j, and the SAE's latent j reads coordinate j, so latent j fires exactly on the rows
+    built for it. Of the tokenizer's pieces only "▁with" is medical under the cards'
+    vocabulary (a prefix of "withdrawal"): latents 3 and 11 fire on 4 "▁with" rows each,
+    latent 7 on 2, latent 5 on 3 "▁with" and 3 "▁cat", latent 9 on 4 "▁the". Shares
+    1, 1, 1, 0.5, 0; latents 3 and 11 tie on share and density: the lower id wins."""
+    tok = stories.tokenizer
+    with_id, cat_id, the_id = tok.convert_tokens_to_ids(["▁with", "▁cat", "▁the"])
+    plan = [
+        (3, [with_id] * 4),
+        (7, [with_id] * 2),
+        (11, [with_id] * 4),
+        (5, [with_id, cat_id] * 3),
+        (9, [the_id] * 4),
+    ]
+    latents = [j for j, ids in plan for _ in ids]
+    n = len(latents)
+    acts_ND = torch.zeros(n, 64)
+    acts_ND[torch.arange(n), torch.tensor(latents)] = 1.0 + torch.arange(n) / n  # distinct codes
+    tokens_CT = torch.tensor([[tok.bos_token_id] + [i for _, ids in plan for i in ids]])
+    store = ActivationStore(
+        acts_ND,
+        torch.zeros(n, dtype=torch.int32),
+        torch.arange(1, n + 1, dtype=torch.int32),
+        tokens_CT,
+        StoreInfo(model="stories260k", hookpoint=HOOK, d_in=64, n_tokens=n),
+    )
+    sae = saelab.make_sae("relu", 64, 16, seed=0)
+    with torch.no_grad():
+        sae.W_enc_DF.zero_()
+        sae.W_enc_DF[torch.arange(16), torch.arange(16)] = 1.0
+        sae.b_enc_F.zero_()
+        sae.b_dec_D.zero_()
+    explorer = FeatureExplorer(sae, stories, HOOK, store, latent=9)
+    assert explorer.stats.count_F.tolist() == [0, 0, 0, 4, 0, 6, 0, 2, 0, 4, 0, 4, 0, 0, 0, 0]
+    shares = explorer.medical_shares()  # the card vocabulary: explorer.vocabulary is None
+    assert shares[[3, 5, 7, 9, 11]].tolist() == [1.0, 0.5, 1.0, 0.0, 1.0]
+    assert explorer.most_medical_latent() == 3
+    explorer.most_medical.click()
+    assert explorer.latent.value == 3
+    assert "most medical: latent 3 (100% of its top tokens)" in explorer.status.value
 
 
 def test_show_prompt_one_span_per_token(explorer, sae, stories):
-    expected = latents_on_text(sae, stories, HOOK, CAT, top_n=5)
+    expected = latents_on_text(sae, stories, HOOK, CAT, top_k=5)
     returned = explorer.show_prompt(CAT)
     assert returned == expected == explorer.prompt_tokens
     page = explorer.prompt_html.value
     spans = re.findall(r"<span class='fe-token'.*?</small></span>", page)
     assert len(spans) == len(expected) == page.count("class='fe-token'")
     for span, tok in zip(spans, expected, strict=True):
-        assert f"<code style='white-space:pre'>{_show_piece(tok.token)}</code>" in span
+        assert f"<code>{show_piece(tok.token)}</code>" in span
         listing = re.search(r"<small class='fe-latents'>(.*?)</small>", span).group(1)
         ids = [int(item.split(":")[0]) for item in listing.split("<br>") if item != "—"]
         assert ids == [f for f, _ in tok.latents]
@@ -188,12 +269,12 @@ def test_show_prompt_one_span_per_token(explorer, sae, stories):
 
     explorer.prompt.value = "There was a dog"
     explorer.run_prompt.click()
-    assert explorer.prompt_tokens == latents_on_text(sae, stories, HOOK, "There was a dog", top_n=5)
+    assert explorer.prompt_tokens == latents_on_text(sae, stories, HOOK, "There was a dog", top_k=5)
     assert explorer.prompt_html.value.count("class='fe-token'") == len(explorer.prompt_tokens)
 
 
 def test_validation_errors(explorer, stories, store):
-    with pytest.raises(ValueError, match=r"d_in=64.*d_in=32"):
+    with pytest.raises(ValueError, match=r"d_in=32.*store's d_in is 64"):
         FeatureExplorer(saelab.make_sae("relu", 32, 128, seed=0), stories, HOOK, store)
     wrong = saelab.make_sae("relu", 64, 128, seed=0)
     wrong.cfg.hookpoint = "resid_post.1"
@@ -201,8 +282,6 @@ def test_validation_errors(explorer, stories, store):
         FeatureExplorer(wrong, stories, HOOK, store)
     with pytest.raises(ValueError, match="store was harvested at 'resid_post.2'"):
         FeatureExplorer(saelab.make_sae("relu", 64, 128, seed=0), stories, "resid_post.1", store)
-    with pytest.raises(ValueError, match="store=.*corpus="):
-        FeatureExplorer(saelab.make_sae("relu", 64, 128, seed=0), stories, HOOK)
     with pytest.raises(ValueError, match="out of range"):
         FeatureExplorer(saelab.make_sae("relu", 64, 128, seed=0), stories, HOOK, store, latent=128)
     with pytest.raises(ValueError, match=r"out of range.*0 \.\. 127"):
@@ -212,31 +291,31 @@ def test_validation_errors(explorer, stories, store):
     assert "latent 127" in explorer.header_html.value
 
 
-def test_corpus_instead_of_store(stories, medical_texts):
-    sae = saelab.make_sae("relu", 64, 128, seed=0)  # cfg.hookpoint left empty
-    ex = FeatureExplorer(sae, stories, HOOK, corpus=medical_texts[:40], max_tokens=1024, ctx_len=64, latent=7)
-    assert 0 < len(ex.store) <= 1024
-    assert ex.store.info.hookpoint == HOOK
-    assert ex.latent.value == 7 and "latent 7" in ex.header_html.value
-
-
+@pytest.mark.slow  # a Jupyter kernel: ~15 s
 def test_renders_in_notebook(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(
-            "import saelab\nfrom saelab.widgets import FeatureExplorer\n"
-            "model = saelab.load_model('stories260k', device='cpu')\n"
-            "texts = saelab.load_corpus('medical', split='train', max_texts=60)\n"
-            "store = saelab.harvest(model, 'resid_post.2', texts, max_tokens=1024, ctx_len=64, progress=False)\n"
-            "sae = saelab.make_sae('relu', 64, 128, seed=0)"
-        ),
-        nbformat.v4.new_code_cell("ex = FeatureExplorer(sae, model, 'resid_post.2', store)\nex"),
-        nbformat.v4.new_code_cell(
-            "ex.latent.value = 5\nassert 'latent 5' in ex.header_html.value\n"
-            "ex.run_prompt.click()\nassert ex.prompt_html.value.count(\"class='fe-token'\") == len(ex.prompt_tokens) > 0"
-        ),
-    ])
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "import saelab\nfrom saelab.widgets import FeatureExplorer\n"
+                "model = saelab.load_model('stories260k', device='cpu')\n"
+                "texts = saelab.load_corpus('medical', split='train', max_texts=60)\n"
+                "store = saelab.harvest(model, 'resid_post.2', texts, max_tokens=1024, ctx_len=64,\n"
+                "                       progress=False)\n"
+                "sae = saelab.make_sae('relu', 64, 128, seed=0)"
+            ),
+            nbformat.v4.new_code_cell(
+                "ex = FeatureExplorer(sae, model, 'resid_post.2', store)\nex"
+            ),
+            nbformat.v4.new_code_cell(
+                "ex.latent.value = 5\nassert 'latent 5' in ex.header_html.value\n"
+                "ex.run_prompt.click()\n"
+                "assert ex.prompt_html.value.count(\"class='fe-token'\") == len(ex.prompt_tokens) > 0"
+            ),
+        ]
+    )
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)

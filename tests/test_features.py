@@ -1,30 +1,35 @@
+"""saelab.features against brute force: stats, contexts, logit effects, concepts, geometry."""
+
+import re
+from collections import Counter
+
 import pytest
 import torch
+from conftest import HOOK
 
 import saelab
 from saelab.activations import ActivationStore, StoreInfo
+from saelab.data import WORD_START_MARKERS, token_str, vocabulary
 from saelab.features import (
     FeatureStats,
     concept_alignment,
+    decoder_redundancy,
+    decoder_similarity,
     feature_stats,
     frequent_tokens,
-    general_words,
     is_medical_piece,
     latent_histogram,
     latents_on_text,
     logit_effects,
-    medical_vocabulary,
-    token_str,
     top_contexts,
+    vocabulary_shares,
     word_at,
 )
 
-HOOK = "resid_post.2"
-
 
 @pytest.fixture(scope="module")
-def store(stories, medical_texts):
-    return saelab.harvest(stories, HOOK, medical_texts, max_tokens=2048, ctx_len=64, progress=False)
+def store(medical_store):
+    return medical_store
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,8 @@ def test_feature_stats_match_brute_force(stats, dense, store):
     mean = torch.where(count > 0, dense.double().sum(0) / count.clamp_min(1), 0.0)
     torch.testing.assert_close(stats.mean_act_F, mean, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(stats.max_act_F, dense.max(0).values)
-    assert (count > 10).sum() > 50  # the test is about the top-k merge, so most latents must fire often
+    # the test is about the top-k merge, so most latents must fire often
+    assert (count > 10).sum() > 50
     for f in range(dense.shape[1]):
         k = min(10, int(count[f]))
         values, index = dense[:, f].topk(k)
@@ -66,6 +72,15 @@ def test_feature_stats_same_for_any_batch_size(sae, store, stats):
     again = feature_stats(sae, store, top_k=10, batch_size=4096)
     assert torch.equal(again.top_values_FK, stats.top_values_FK)
     assert torch.equal(again.count_F, stats.count_F)
+
+
+def test_feature_stats_of_a_plain_tensor(sae, store, stats):
+    x_ND = store.get(torch.arange(len(store)))
+    again = feature_stats(sae, x_ND, top_k=10, batch_size=300)
+    assert torch.equal(again.top_index_FK, stats.top_index_FK)
+    assert torch.equal(again.count_F, stats.count_F)
+    hist = latent_histogram(sae, x_ND, 3, n_bins=5)
+    assert torch.equal(hist.counts_B, latent_histogram(sae, store, 3, n_bins=5).counts_B)
 
 
 def test_latent_histogram_counts_firing_tokens(sae, store, dense):
@@ -86,8 +101,10 @@ def test_top_contexts_neighbours_come_from_tokens(stats, store, stories, sae, de
         row_ids = store.tokens_CT[c.context]
         assert c.context == store.context_N[c.row] and c.position == store.position_N[c.row]
         assert c.token == token_str(tok, row_ids[c.position])
-        assert c.left == [token_str(tok, i) for i in row_ids[max(0, c.position - 3) : c.position].tolist()]
-        assert c.right == [token_str(tok, i) for i in row_ids[c.position + 1 : min(ctx_len, c.position + 4)].tolist()]
+        left_ids = row_ids[max(0, c.position - 3) : c.position].tolist()
+        right_ids = row_ids[c.position + 1 : min(ctx_len, c.position + 4)].tolist()
+        assert c.left == [token_str(tok, i) for i in left_ids]
+        assert c.right == [token_str(tok, i) for i in right_ids]
         assert c.value == pytest.approx(float(dense[c.row, latent]))
         assert len(c.window_acts) == len(c.left) + 1 + len(c.right)
         assert c.window_acts[len(c.left)] == pytest.approx(c.value, abs=1e-6)
@@ -104,7 +121,7 @@ def test_top_contexts_neighbours_come_from_tokens(stats, store, stories, sae, de
 def test_logit_effects_by_hand(sae, stories):
     hf = stories._module
     latent = 5
-    effects = logit_effects(sae, stories, latent, k=7)
+    effects = logit_effects(sae, stories, latent, top_k=7)
     logits = hf.lm_head.weight @ (sae.W_dec_FD[latent] * hf.model.norm.weight)
     top, bottom = logits.topk(7), (-logits).topk(7)
     torch.testing.assert_close(effects.promoted_values_K, top.values.detach())
@@ -115,7 +132,7 @@ def test_logit_effects_by_hand(sae, stories):
 
 def test_latents_on_text(sae, stories):
     text = "The patient had a fever and a cough."
-    out = latents_on_text(sae, stories, HOOK, text, top_n=5)
+    out = latents_on_text(sae, stories, HOOK, text, top_k=5)
     ids = stories.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert [t.token for t in out] == [token_str(stories.tokenizer, i) for i in ids]
     for entry in out:
@@ -129,29 +146,21 @@ def test_latents_on_text(sae, stories):
         f = sae.encode(store.get(torch.arange(len(store))))
     for t, entry in enumerate(out):
         latent, value = entry.latents[0]
-        assert value == pytest.approx(float(f[t].max()), abs=1e-5) and float(f[t, latent]) == pytest.approx(value, abs=1e-5)
-
-
-def test_medical_vocabulary():
-    vocab, raw = medical_vocabulary(), medical_vocabulary(exclude_general=0)
-    assert len(vocab) > 1000
-    assert {"leukemia", "apoptosis", "mitochondria"} <= vocab
-    assert all(len(w) >= 4 and w.isalpha() and w == w.lower() for w in vocab)
-    # MeSH's "Time Factors", "Middle Aged": in the raw set, gone once general words are removed
-    assert {"time", "middle"} <= raw and not {"time", "middle"} & vocab
-    assert vocab == raw - general_words(1000)
+        assert value == pytest.approx(float(f[t].max()), abs=1e-5)
+        assert float(f[t, latent]) == pytest.approx(value, abs=1e-5)
 
 
 def test_is_medical_piece():
     vocab = {"leukemia", "tumor"}
-    assert is_medical_piece("▁leuk", vocab) and is_medical_piece("Ġtumor", vocab) and is_medical_piece("Leukemia", vocab)
+    assert is_medical_piece("▁leuk", vocab) and is_medical_piece("Ġtumor", vocab)
+    assert is_medical_piece("Leukemia", vocab)
     assert not is_medical_piece("▁leu", vocab)  # too short
     assert not is_medical_piece("▁tumors", vocab)  # not a prefix
     assert not is_medical_piece(",", vocab)
 
 
 def test_frequent_tokens(store, stories):
-    freq = frequent_tokens(store, stories.tokenizer, n=20)
+    freq = frequent_tokens(store, stories.tokenizer, top_k=20)
     seen = store.tokens_CT[store.context_N.long(), store.position_N.long()].long()
     counts = torch.bincount(seen)
     assert torch.equal(freq.counts_N, counts[freq.ids_N])
@@ -172,28 +181,53 @@ def test_concept_alignment_hand_built():
     # One context whose rows are tokens 1..7 (positions 1..7; position 0 is BOS, not a row).
     tokens_CT = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])
     n = 7
-    store = ActivationStore(torch.zeros(n, 2), torch.zeros(n, dtype=torch.int32), torch.arange(1, 8, dtype=torch.int32),
-                            tokens_CT, StoreInfo(model="toy", hookpoint="resid_post.0", d_in=2, n_tokens=n))
+    store = ActivationStore(
+        torch.zeros(n, 2),
+        torch.zeros(n, dtype=torch.int32),
+        torch.arange(1, 8, dtype=torch.int32),
+        tokens_CT,
+        StoreInfo(model="toy", hookpoint="resid_post.0", d_in=2, n_tokens=n),
+    )
     # rows: 0 "▁leuk", 1 "emia", 2 "▁the", 3 ",", 4 "▁tumor", 5 "▁cat", 6 "▁and"
-    top_index_FK = torch.tensor([
-        [0, 4, 2],    # 2 of 3 medical -> medical
-        [2, 3, 6],    # 3 of 3 frequent -> frequent
-        [0, 2, 5],    # 1 medical, 1 frequent of 3 -> neither
-        [4, -1, -1],  # fired once, on "▁tumor" -> medical
-        [-1, -1, -1], # dead
-        [1, 0, 6],    # "emia" is part of "leukemia": 2 of 3 medical as whole words, 1 of 3 as pieces
-    ])
+    top_index_FK = torch.tensor(
+        [
+            [0, 4, 2],  # 2 of 3 medical -> medical
+            [2, 3, 6],  # 3 of 3 frequent -> frequent
+            [0, 2, 5],  # 1 medical, 1 frequent of 3 -> neither
+            [4, -1, -1],  # fired once, on "▁tumor" -> medical
+            [-1, -1, -1],  # dead
+            [1, 0, 6],  # "emia" of "leukemia": 2 of 3 medical as whole words, 1 of 3 as pieces
+        ]
+    )
     count_F = torch.tensor([5, 5, 5, 1, 0, 5])
-    stats = FeatureStats(n, count_F, count_F / n, torch.ones(6, dtype=torch.float64), torch.ones(6),
-                         torch.where(top_index_FK >= 0, 1.0, 0.0), top_index_FK)
+    stats = FeatureStats(
+        n,
+        count_F,
+        count_F / n,
+        torch.ones(6, dtype=torch.float64),
+        torch.ones(6),
+        torch.where(top_index_FK >= 0, 1.0, 0.0),
+        top_index_FK,
+    )
     frequent = torch.tensor([3, 4, 7])  # "▁the", ",", "▁and"
-    result = concept_alignment(None, store, _PieceTokenizer(), vocabulary={"leukemia", "tumor"}, frequent=frequent,
-                               top_k=3, stats=stats)
+    vocab = {"leukemia", "tumor"}
+    result = concept_alignment(
+        None, store, _PieceTokenizer(), vocabulary=vocab, frequent=frequent, top_k=3, stats=stats
+    )
     assert result["n_alive"] == 5
     assert result["medical_latents"] == [0, 3, 5] and result["frequent_latents"] == [1]
-    assert result["medical_share"] == pytest.approx(0.6) and result["frequent_share"] == pytest.approx(0.2)
-    pieces = concept_alignment(None, store, _PieceTokenizer(), vocabulary={"leukemia", "tumor"}, frequent=frequent,
-                               top_k=3, stats=stats, whole_words=False)
+    assert result["medical_share"] == pytest.approx(0.6)
+    assert result["frequent_share"] == pytest.approx(0.2)
+    pieces = concept_alignment(
+        None,
+        store,
+        _PieceTokenizer(),
+        vocabulary=vocab,
+        frequent=frequent,
+        top_k=3,
+        stats=stats,
+        whole_words=False,
+    )
     assert pieces["medical_latents"] == [0, 3]
 
 
@@ -203,14 +237,132 @@ def test_word_at():
     words = [word_at(ids, t, tok.convert_ids_to_tokens) for t in range(1, 8)]
     assert words == ["leukemia", "leukemia", "the", "", "tumor", "cat", "and"]
     bpe = {0: "Ġhyper", 1: "tens", 2: "ion", 3: ".", 4: "Ġcat"}
-    assert [word_at([0, 1, 2, 3, 4], t, bpe.__getitem__) for t in range(5)] == ["hypertension"] * 3 + ["", "cat"]
+    words = [word_at([0, 1, 2, 3, 4], t, bpe.__getitem__) for t in range(5)]
+    assert words == ["hypertension"] * 3 + ["", "cat"]
+
+
+def _whole_word(pieces: list[str], t: int) -> str:
+    """The word around token t, read from the context's text (not through `word_at`): the
+    run of letters holding the token's characters; "" when the token is not all letters."""
+    texts = [p.replace(WORD_START_MARKERS[0], " ") for p in pieces]
+    if not texts[t].strip().isalpha():
+        return ""
+    text = "".join(texts)
+    at = sum(len(x) for x in texts[:t]) + len(texts[t]) - len(texts[t].lstrip())
+    words = [m for m in re.finditer(r"[^\W\d_]+", text) if m.start() <= at < m.end()]
+    return words[0].group().lower()
 
 
 def test_concept_alignment_real(sae, store, stories, stats):
-    result = concept_alignment(sae, store, stories.tokenizer, stats=stats)
-    assert result["n_alive"] == int((stats.count_F > 0).sum())
-    assert 0 <= result["medical_share"] <= 1 and 0 <= result["frequent_share"] <= 1
-    assert result["n_frequent"] > 0  # random latents on a tiny vocabulary mostly fire on frequent tokens
+    """Counts recounted by hand: the top-10 rows of `feature_stats`, each row's whole word
+    read from the context's text, the medical vocabulary of the cards, the 20 most frequent
+    store tokens counted with a Counter."""
+    tok = stories.tokenizer
+    vocab = vocabulary("medical")
+    seen = store.tokens_CT[store.context_N.long(), store.position_N.long()].tolist()
+    frequent = [i for i, _ in Counter(seen).most_common(20)]
+    result = concept_alignment(sae, store, tok, frequent=frequent, stats=stats)
+    alive = [f for f in range(stats.count_F.shape[0]) if int(stats.count_F[f]) > 0]
+    medical, frequent_latents = [], []
+    for f in alive:
+        rows = [r for r in stats.top_index_FK[f, :10].tolist() if r >= 0]
+        words, ids = [], []
+        for r in rows:
+            c, t = int(store.context_N[r]), int(store.position_N[r])
+            pieces = tok.convert_ids_to_tokens(store.tokens_CT[c].tolist())
+            words.append(_whole_word(pieces, t))
+            ids.append(int(store.tokens_CT[c, t]))
+        if sum(w in vocab for w in words) > len(rows) / 2:
+            medical.append(f)
+        if sum(i in frequent for i in ids) > len(rows) / 2:
+            frequent_latents.append(f)
+    assert result["n_alive"] == len(alive)
+    assert result["medical_latents"] == medical and result["frequent_latents"] == frequent_latents
+    assert result["n_medical"] == len(medical) > 0  # whole words such as "drug", "surgery"
+    assert 0 < result["n_frequent"] < len(alive)
+    assert result["medical_share"] == len(medical) / len(alive)
+    assert result["frequent_share"] == len(frequent_latents) / len(alive)
+
+
+def test_vocabulary_shares_by_hand(stats, store, stories):
+    vocab = {"with", "little"}
+    shares = vocabulary_shares(stats, store, stories.tokenizer, vocab)
+    assert shares.dtype == torch.float64 and shares.shape == stats.count_F.shape
+    for f in range(len(shares)):
+        rows = [r for r in stats.top_index_FK[f].tolist() if r >= 0]
+        pieces = [
+            stories.tokenizer.convert_ids_to_tokens(
+                int(store.tokens_CT[store.context_N[r], store.position_N[r]])
+            )
+            for r in rows
+        ]
+        # a piece counts when, stripped of "▁", it is a >= 4-letter prefix of a word
+        hits = [
+            len(w := p.lstrip("▁").lower()) >= 4 and any(v.startswith(w) for v in vocab)
+            for p in pieces
+        ]
+        assert shares[f] == (sum(hits) / len(hits) if hits else 0.0)
+    assert shares.max() > 0
+
+
+def _cosines(a_FD: torch.Tensor, b_FD: torch.Tensor) -> torch.Tensor:
+    a, b = a_FD.double(), b_FD.double()
+    return (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_decoder_similarity_brute_force(absolute):
+    a = saelab.make_sae("topk", 64, 150, k=8, seed=3)
+    b = saelab.make_sae("relu", 64, 90, seed=4)
+    a.fold_input_scale(2.5)  # saved SAEs have row norms 1/input_scale: cosines must normalise
+    signed = _cosines(a.W_dec_FD, b.W_dec_FD)
+    want = (signed.abs() if absolute else signed).topk(3, dim=1)
+    other = (signed if absolute else signed.abs()).topk(3, dim=1)
+    assert not torch.equal(want.indices, other.indices)  # the flag changes the answer
+    for chunk in (7, None):  # 7 < F_a: 22 chunks, the last one short
+        got = decoder_similarity(a, b, top_k=3, chunk=chunk, absolute=absolute)
+        assert got.values_FK.shape == got.indices_FK.shape == (150, 3)
+        torch.testing.assert_close(got.values_FK.double(), want.values, atol=1e-6, rtol=0)
+        assert torch.equal(got.indices_FK, want.indices)
+    # a plain [F, D] tensor is an SAE's decoder
+    same = decoder_similarity(a.W_dec_FD, b, top_k=3, absolute=absolute)
+    assert torch.equal(same.indices_FK, want.indices)
+
+
+def test_decoder_similarity_exclude_self():
+    sae = saelab.make_sae("topk", 64, 120, k=8, seed=5)
+    cos = _cosines(sae.W_dec_FD, sae.W_dec_FD).fill_diagonal_(float("-inf"))
+    got = decoder_similarity(sae, sae, top_k=2, chunk=16, exclude_self=True)
+    want = cos.topk(2, dim=1)
+    torch.testing.assert_close(got.values_FK.double(), want.values, atol=1e-6, rtol=0)
+    assert torch.equal(got.indices_FK, want.indices)
+    assert not (got.indices_FK == torch.arange(120)[:, None]).any()
+    # without the exclusion every row's nearest row is itself, at cosine 1
+    plain = decoder_similarity(sae, sae, chunk=16)
+    assert torch.equal(plain.indices_FK[:, 0], torch.arange(120))
+    torch.testing.assert_close(plain.values_FK[:, 0], torch.ones(120))
+    with pytest.raises(ValueError, match="top_k"):
+        decoder_similarity(sae, sae, top_k=120, exclude_self=True)
+    with pytest.raises(ValueError, match="exclude_self"):
+        decoder_similarity(sae, sae.W_dec_FD[:50], exclude_self=True)
+    with pytest.raises(ValueError, match="width 64 and 32"):
+        decoder_similarity(sae, saelab.make_sae("relu", 32, 10))
+
+
+def test_decoder_redundancy_brute_force():
+    base = saelab.make_sae("topk", 64, 80, k=8, seed=1)
+    residual = saelab.make_sae("topk", 64, 40, k=4, seed=2, decoder_bias=False)
+    residual.fold_input_scale(3.0)
+    combined = saelab.ResidualSAE(base, [residual], ["medical"])
+    red = decoder_redundancy(combined, chunk=9)
+    cos = _cosines(combined.W_dec_FD, combined.W_dec_FD).abs()
+    torch.testing.assert_close(red.block_F.double(), cos[80:, :80].max(1).values, atol=1e-6, rtol=0)
+    own = cos[:80, :80].fill_diagonal_(0)
+    torch.testing.assert_close(red.reference_F.double(), own.max(1).values, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="residual SAE"):
+        decoder_redundancy(base)
+    with pytest.raises(ValueError, match="no block 'law'"):
+        decoder_redundancy(combined, block="law")
 
 
 def test_feature_stats_on_memory_mapped_store(sae, store, stats, tmp_path):

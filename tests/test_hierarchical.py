@@ -88,7 +88,7 @@ def test_one_sae_serves_small_k_as_well_as_a_topk_trained_there():
     k is worse at K; one HierarchicalTopK SAE matches each at its own k (measured: at k=4
     FVU 0.305 vs 0.396 for TopK-8 and 0.31 for TopK-4; at k=8 0.216 vs 0.273 for TopK-4)."""
     store, _ = sparse_dictionary_store(d=32, n_features=128, n=30_000, k=4)
-    common = {"width": 128, "tokens": 90_000, "batch_size": 256, "lr": 3e-3, "progress": False}
+    common = {"width": 128, "max_tokens": 90_000, "batch_size": 256, "lr": 3e-3, "progress": False}
     hier = saelab.train_sae(store, kind="hierarchical_topk", k=8, **common)
     topk8 = saelab.train_sae(store, kind="topk", k=8, **common)
     topk4 = saelab.train_sae(store, kind="topk", k=4, **common)
@@ -108,13 +108,25 @@ def test_one_sae_serves_small_k_as_well_as_a_topk_trained_there():
 def test_evaluate_one_row_per_k(stories):
     texts = saelab.load_corpus("medical", split="train", max_texts=200)
     store = saelab.harvest(stories, "resid_post.2", texts, max_tokens=4096, progress=False)
-    sae = saelab.train_sae(store, kind="hierarchical_topk", width=128, k=16, batch_size=128, progress=False)
-    table = saelab.evaluate(sae, stories, "resid_post.2", texts[100:], max_tokens=1024, ks=[2, 4, 16],
-                            progress=False)
+    sae = saelab.train_sae(
+        store, kind="hierarchical_topk", width=128, k=16, batch_size=128, progress=False
+    )
+    table = saelab.evaluate(
+        sae, stories, "resid_post.2", texts[100:], max_tokens=1024, ks=[2, 4, 16], progress=False
+    )
     assert table["k"].tolist() == [2, 4, 16]
-    assert table["sae"].tolist() == ["hierarchical_topk-128@k2", "hierarchical_topk-128@k4", "hierarchical_topk-128@k16"]
+    assert table["sae"].tolist() == [
+        "hierarchical_topk-128@k2",
+        "hierarchical_topk-128@k4",
+        "hierarchical_topk-128@k16",
+    ]
     assert (table["l0"] <= table["k"] + 1e-9).all()
-    assert table["fvu"].is_monotonic_decreasing and table["ce_loss_recovered"].iloc[-1] > table["ce_loss_recovered"].iloc[0]
+    assert (
+        table["fvu"].is_monotonic_decreasing
+        and table["ce_loss_recovered"].iloc[-1] > table["ce_loss_recovered"].iloc[0]
+    )
     jump = saelab.make_sae("jumprelu", 64, 32)
     with pytest.raises(ValueError, match="fixed sparsity"):
-        saelab.evaluate(jump, stories, "resid_post.2", texts[100:], max_tokens=256, ks=[2], progress=False)
+        saelab.evaluate(
+            jump, stories, "resid_post.2", texts[100:], max_tokens=256, ks=[2], progress=False
+        )

@@ -4,15 +4,13 @@ import pytest
 import torch
 
 import saelab
-from saelab.activations import ActivationStore, StoreInfo
+from saelab.activations import ActivationStore
 from saelab.sae import ResidualSAE, load_sae, make_sae
 from saelab.train import ErrorStore
 
 
 def _store(x_ND: torch.Tensor) -> ActivationStore:
-    zeros = torch.zeros(len(x_ND), dtype=torch.int32)
-    info = StoreInfo("synthetic", "resid_post.0", x_ND.shape[1], n_tokens=len(x_ND))
-    return ActivationStore(x_ND, zeros, zeros, torch.zeros(1, 1, dtype=torch.long), info)
+    return ActivationStore.from_tensor(x_ND, hookpoint="resid_post.0", model="synthetic")
 
 
 def _two_domains(d=32, n=20_000, seed=0):
@@ -81,11 +79,29 @@ def test_stacked_residuals_sum_and_encode_what_is_left():
 
 def test_train_residual_never_touches_the_base_and_reduces_domain_error():
     general, domain = _two_domains()
-    base = saelab.train_sae(general, kind="topk", width=64, k=4, tokens=60_000, batch_size=256, lr=3e-3,
-                            progress=False)
+    base = saelab.train_sae(
+        general,
+        kind="topk",
+        width=64,
+        k=4,
+        max_tokens=60_000,
+        batch_size=256,
+        lr=3e-3,
+        progress=False,
+    )
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    combined = saelab.train_residual(base, domain, width=64, kind="topk", k=4, tokens=60_000, batch_size=256,
-                                     lr=3e-3, name="domain", progress=False)
+    combined = saelab.train_residual(
+        base,
+        domain,
+        width=64,
+        kind="topk",
+        k=4,
+        max_tokens=60_000,
+        batch_size=256,
+        lr=3e-3,
+        name="domain",
+        progress=False,
+    )
     for name, value in base.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert all(not p.requires_grad and p.grad is None for p in combined.base.parameters())
@@ -98,8 +114,18 @@ def test_train_residual_never_touches_the_base_and_reduces_domain_error():
     assert fvu(combined, general) < fvu(base, general) + 0.05
 
     # A second residual on the same domain stacks on what the first left.
-    stacked = saelab.train_residual(combined, domain, width=32, kind="topk", k=2, tokens=20_000,
-                                    batch_size=256, lr=3e-3, name="domain2", progress=False)
+    stacked = saelab.train_residual(
+        combined,
+        domain,
+        width=32,
+        kind="topk",
+        k=2,
+        max_tokens=20_000,
+        batch_size=256,
+        lr=3e-3,
+        name="domain2",
+        progress=False,
+    )
     assert [b.name for b in stacked.blocks] == ["base", "domain", "domain2"]
     assert stacked.residuals[0] is combined.residuals[0]
     assert fvu(stacked, domain) <= combined_fvu + 1e-3
@@ -118,9 +144,14 @@ def test_error_store_is_the_base_error():
 
 def test_save_load_bit_exact(tmp_path):
     base = _random_sae("jumprelu", d=16, target_l0=4)
-    combined = ResidualSAE(base, [_random_sae("topk", width=32, d=16, seed=3, k=4, decoder_bias=False),
-                                  _random_sae("batchtopk", width=16, d=16, seed=4, k=2, decoder_bias=False)],
-                           ["medical", "legal"])
+    combined = ResidualSAE(
+        base,
+        [
+            _random_sae("topk", width=32, d=16, seed=3, k=4, decoder_bias=False),
+            _random_sae("batchtopk", width=16, d=16, seed=4, k=2, decoder_bias=False),
+        ],
+        ["medical", "legal"],
+    )
     combined.save(tmp_path / "res")
     loaded = load_sae(tmp_path / "res")
     assert isinstance(loaded, ResidualSAE) and loaded.cfg.blocks == ["base", "medical", "legal"]
@@ -144,7 +175,9 @@ def test_bad_residuals_are_refused(tmp_path):
     general, _ = _two_domains(n=600)
     with pytest.raises(ValueError, match="d_in"):
         saelab.train_residual(base, general, width=8, k=2)
-    combined = ResidualSAE(base, [_random_sae("topk", width=8, d=16, k=2, decoder_bias=False)], ["med"])
+    combined = ResidualSAE(
+        base, [_random_sae("topk", width=8, d=16, k=2, decoder_bias=False)], ["med"]
+    )
     combined.save(tmp_path / "res")
     (tmp_path / "res" / "med" / "sae.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="sae.safetensors"):

@@ -8,27 +8,38 @@ import pytest
 import torch
 
 import saelab
-from saelab.sae import load_sae, make_sae
+from saelab.sae import SAE_KINDS, load_sae, make_sae
 from saelab.sae.base import TrainContext
 from saelab.sae.batchtopk import batch_topk_codes
 from saelab.sae.jumprelu import jumprelu, step
 
-KINDS = ["relu", "topk", "batchtopk", "jumprelu", "hierarchical_topk"]
+KINDS = [kind for kind, cls in SAE_KINDS.items() if not cls.composite]  # every trainable kind
+K_KINDS = ("topk", "batchtopk", "hierarchical_topk", "kron")  # kinds with a k
 D, F, K = 16, 64, 4
+H, M, N = 4, 2, 8  # KronSAE heads: 4 x 2 x 8 = 64 latents
 
 
 def perturbed(kind: str, **options):
-    """An SAE with random biases, encoder noise and thresholds, so references are not vacuous."""
-    if "topk" in kind:
-        options = {"k": K, **options}
+    """An SAE with random biases, encoder noise and thresholds, so references are not vacuous.
+
+    Every parameter but the decoder is perturbed, whatever the kind calls it: encoder
+    weights get noise, biases random values, JumpReLU thresholds a spread of values.
+    """
+    options = {
+        **({"k": K} if kind in K_KINDS else {}),
+        **({"heads": H, "m": M, "n": N} if kind == "kron" else {}),
+        **options,
+    }
     sae = make_sae(kind, D, F, seed=1, **options)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        sae.W_enc_DF.add_(0.1 * torch.randn(D, F, generator=g))
-        sae.b_enc_F.copy_(0.3 * torch.randn(F, generator=g))
-        sae.b_dec_D.copy_(0.5 * torch.randn(D, generator=g))
-        if kind == "jumprelu":
-            sae.log_threshold_F.uniform_(math.log(0.05), math.log(1.0), generator=g)
+        for name, p in sae.named_parameters():
+            if name == "log_threshold_F":
+                p.uniform_(math.log(0.05), math.log(1.0), generator=g)
+            elif name.startswith("W_") and name != "W_dec_FD":
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.startswith("b_"):
+                p.copy_(0.4 * torch.randn(p.shape, generator=g))
         if kind == "batchtopk":
             sae.threshold.fill_(0.4)
             sae.threshold_count.fill_(7)
@@ -39,14 +50,35 @@ def inputs(n: int = 32, seed: int = 3) -> torch.Tensor:
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
 
 
+def kron_pre_acts(sae, x_BD: torch.Tensor) -> torch.Tensor:
+    """KronSAE's mAND values in float64, latent by latent: sqrt(u_i v_j) of head g's u and v."""
+    P, Q, b_P, b_Q, b_dec = (
+        t.detach().double() for t in (sae.W_P_DHM, sae.W_Q_DHN, sae.b_P_HM, sae.b_Q_HN, sae.b_dec_D)
+    )
+    x = x_BD.double() - b_dec
+    pre = torch.zeros(len(x), F, dtype=torch.float64)
+    for g in range(H):
+        u = (x @ P[:, g * M : (g + 1) * M] + b_P[g * M : (g + 1) * M]).clamp_min(0)
+        v = (x @ Q[:, g * N : (g + 1) * N] + b_Q[g * N : (g + 1) * N]).clamp_min(0)
+        for i in range(M):
+            for j in range(N):
+                pre[:, g * M * N + i * N + j] = (u[:, i] * v[:, j]).sqrt()
+    return pre
+
+
 def reference_codes(sae, x_BD: torch.Tensor) -> torch.Tensor:
     """The kind's encoder written out in float64 from the float32 weights."""
-    W_enc, b_enc, b_dec = (t.detach().double() for t in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D))
     x = x_BD.double()
+    if sae.kind == "kron":
+        pre = kron_pre_acts(sae, x_BD)
+    else:
+        W_enc, b_enc, b_dec = (
+            t.detach().double() for t in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)
+        )
+        pre = (x - b_dec) @ W_enc + b_enc
     if sae.kind == "jumprelu":
         z = x @ W_enc + b_enc
         return torch.where(z > sae.log_threshold_F.detach().double().exp(), z, 0.0)
-    pre = (x - b_dec) @ W_enc + b_enc
     if sae.kind == "relu":
         return pre.clamp_min(0)
     if sae.kind == "batchtopk":
@@ -140,10 +172,14 @@ def test_batchtopk_threshold_is_running_mean_and_inference_is_batch_independent(
 def test_jumprelu_pseudo_gradients_by_hand():
     # ε = 0.1: the window is |z - θ| < 0.05. θ per latent; G weights each output.
     theta = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
-    z0 = torch.tensor([[1.03, 2.2, 0.46],  # inside above, outside, inside below
-                       [0.96, 1.94, 0.52],  # inside below, outside (|u| = 0.6), inside above
-                       [0.5, 2.04, 0.9]],  # outside below, inside above, outside above
-                      dtype=torch.float64)
+    z0 = torch.tensor(
+        [
+            [1.03, 2.2, 0.46],  # inside above, outside, inside below
+            [0.96, 1.94, 0.52],  # inside below, outside (|u| = 0.6), inside above
+            [0.5, 2.04, 0.9],
+        ],  # outside below, inside above, outside above
+        dtype=torch.float64,
+    )
     G = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=torch.float64)
 
     z = z0.clone().requires_grad_()
@@ -152,7 +188,9 @@ def test_jumprelu_pseudo_gradients_by_hand():
     (out * G).sum().backward()
     # d/dz = G H(z - θ); d/dθ_j = -(θ_j/ε) Σ_b G_bj K_bj with K = [[1,0,1],[1,0,1],[0,1,0]]
     assert z.grad.tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 6.0], [0.0, 8.0, 9.0]]
-    torch.testing.assert_close(theta.grad, torch.tensor([-10.0 * 5, -20.0 * 8, -5.0 * 9], dtype=torch.float64))
+    torch.testing.assert_close(
+        theta.grad, torch.tensor([-10.0 * 5, -20.0 * 8, -5.0 * 9], dtype=torch.float64)
+    )
 
     theta.grad = None
     z = z0.clone().requires_grad_()
@@ -160,7 +198,9 @@ def test_jumprelu_pseudo_gradients_by_hand():
     assert out.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
     (out * G).sum().backward()
     assert z.grad.tolist() == [[0.0] * 3] * 3
-    torch.testing.assert_close(theta.grad, torch.tensor([-10.0 * 5, -10.0 * 8, -10.0 * 9], dtype=torch.float64))
+    torch.testing.assert_close(
+        theta.grad, torch.tensor([-10.0 * 5, -10.0 * 8, -10.0 * 9], dtype=torch.float64)
+    )
 
 
 def test_losses_match_hand_computation():
@@ -177,9 +217,16 @@ def test_losses_match_hand_computation():
     assert sae.training_loss(x, ctx).loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
     for target in (None, 5.0):
-        sae = perturbed("jumprelu", l0_coef=0.7, target_l0=target, target_l0_coef=40.0, l0_warmup_frac=0.1)
+        sae = perturbed(
+            "jumprelu", l0_coef=0.7, target_l0=target, target_l0_coef=40.0, l0_warmup_frac=0.1
+        )
         f = reference_codes(sae, x)
-        mse = (f @ sae.W_dec_FD.detach().double() + sae.b_dec_D.detach().double() - x.double()).pow(2).sum(-1).mean()
+        mse = (
+            (f @ sae.W_dec_FD.detach().double() + sae.b_dec_D.detach().double() - x.double())
+            .pow(2)
+            .sum(-1)
+            .mean()
+        )
         l0 = (f > 0).double().sum(-1).mean()
         penalty = 0.5 * 0.7 * l0 if target is None else 0.5 * 40.0 * (l0 / target - 1) ** 2
         out = sae.training_loss(x, ctx)
@@ -199,7 +246,9 @@ def test_save_load_bit_exact(kind, tmp_path):
     before, after = sae.state_dict(), loaded.state_dict()
     assert before.keys() == after.keys()
     for name in before:
-        assert after[name].dtype == before[name].dtype and torch.equal(after[name], before[name]), name
+        assert after[name].dtype == before[name].dtype and torch.equal(after[name], before[name]), (
+            name
+        )
     x = inputs()
     assert torch.equal(loaded(x).x_hat, sae(x).x_hat)
 
@@ -234,7 +283,9 @@ def test_bad_inputs(tmp_path):
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=D + 1))
     with pytest.raises(ValueError, match=rf"d_in={D}\b.*hidden size is {D + 1}"):
         load_sae(folder, model=model)
-    assert load_sae(folder, model=SimpleNamespace(config=SimpleNamespace(hidden_size=D))).cfg.d_in == D
+    assert (
+        load_sae(folder, model=SimpleNamespace(config=SimpleNamespace(hidden_size=D))).cfg.d_in == D
+    )
 
     with pytest.raises(ValueError, match=rf"d_in={D}.*\(8, {D + 2}\)"):
         sae(torch.zeros(8, D + 2))
@@ -261,7 +312,11 @@ def test_sparse_and_dense_topk_decoders_agree_in_value_and_gradient():
 def test_sparse_decoder_is_chosen_where_faster():
     from saelab.sae.topk import use_sparse_decoder
 
-    assert use_sparse_decoder(make_sae("topk", 16, 256, k=32).cfg)  # F/k = 8: sparse measured faster
+    assert use_sparse_decoder(
+        make_sae("topk", 16, 256, k=32).cfg
+    )  # F/k = 8: sparse measured faster
     assert not use_sparse_decoder(make_sae("topk", 16, 128, k=32).cfg)  # F/k = 4: dense faster
-    assert not use_sparse_decoder(make_sae("topk", 16, 4096, k=32, sparse_decoder=False).cfg)  # the switch wins
+    assert not use_sparse_decoder(
+        make_sae("topk", 16, 4096, k=32, sparse_decoder=False).cfg
+    )  # the switch wins
     assert use_sparse_decoder(make_sae("topk", 16, 64, k=4, sparse_decoder=True).cfg)

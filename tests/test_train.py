@@ -7,22 +7,34 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import saelab
-from saelab.train import NonFiniteError, batch_indices, train_sae
-
-sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import mean_best_cosine, sparse_dictionary_store
 
+import saelab
+from saelab.train import NonFiniteError, train_sae
+from saelab.train.loop import batch_indices
+
 JUMPRELU_SHORTFALL = pytest.mark.xfail(
-    strict=True, reason="JumpReLU reaches a mean best cosine of ~0.79 here (about 47% of latents die); open")
+    strict=True,
+    reason="JumpReLU reaches a mean best cosine of ~0.79 here (about 47% of latents die); open",
+)
 
 
-@pytest.mark.parametrize("kind, options", [("topk", {"k": 4}),
-                                           pytest.param("jumprelu", {"target_l0": 4}, marks=JUMPRELU_SHORTFALL)])
+@pytest.mark.parametrize(
+    "kind, options",
+    [("topk", {"k": 4}), pytest.param("jumprelu", {"target_l0": 4}, marks=JUMPRELU_SHORTFALL)],
+)
 def test_trained_sae_recovers_known_dictionary(kind, options):
     store, D_FD = sparse_dictionary_store()
-    sae = train_sae(store, kind, width=128, tokens=400_000, batch_size=256, lr=3e-3, progress=False, **options)
+    sae = train_sae(
+        store,
+        kind,
+        width=128,
+        max_tokens=400_000,
+        batch_size=256,
+        lr=3e-3,
+        progress=False,
+        **options,
+    )
     assert mean_best_cosine(sae.W_dec_FD.detach(), D_FD) >= 0.9
     # and it reconstructs far better than predicting the mean (FVU 1)
     x = store.acts_ND[:2000]
@@ -32,7 +44,16 @@ def test_trained_sae_recovers_known_dictionary(kind, options):
 
 def test_jumprelu_reaches_its_target_l0_and_reconstructs():
     store, D_FD = sparse_dictionary_store()
-    sae = train_sae(store, "jumprelu", width=128, tokens=400_000, batch_size=256, lr=3e-3, target_l0=4, progress=False)
+    sae = train_sae(
+        store,
+        "jumprelu",
+        width=128,
+        max_tokens=400_000,
+        batch_size=256,
+        lr=3e-3,
+        target_l0=4,
+        progress=False,
+    )
     x = store.acts_ND[:2000]
     out = sae(x)
     l0 = (out.f > 0).sum(-1).float().mean()
@@ -43,7 +64,15 @@ def test_jumprelu_reaches_its_target_l0_and_reconstructs():
 
 
 def test_resume_after_kill_gives_same_weights(tmp_path):
-    args = {"kind": "topk", "width": 64, "tokens": 120_000, "batch_size": 128, "lr": 1e-3, "k": 4, "progress": False}
+    args = {
+        "kind": "topk",
+        "width": 64,
+        "max_tokens": 120_000,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "k": 4,
+        "progress": False,
+    }
     store, _ = sparse_dictionary_store(n_features=64, n=20_000)
     unbroken = train_sae(store, **args)
     script = tmp_path / "run.py"
@@ -70,8 +99,16 @@ def test_resume_after_kill_gives_same_weights(tmp_path):
 
 def test_non_finite_activations_stop_with_step_and_keep_checkpoint(tmp_path):
     store, _ = sparse_dictionary_store(n_features=64, n=4096)
-    args = {"kind": "topk", "width": 64, "batch_size": 128, "tokens": 4096 * 3, "k": 4, "progress": False,
-            "checkpoint_dir": tmp_path, "checkpoint_every": 10}
+    args = {
+        "kind": "topk",
+        "width": 64,
+        "batch_size": 128,
+        "max_tokens": 4096 * 3,
+        "k": 4,
+        "progress": False,
+        "checkpoint_dir": tmp_path,
+        "checkpoint_every": 10,
+    }
 
     def interrupt(log):
         if log["step"] == 25:
@@ -97,3 +134,40 @@ def test_too_few_tokens_is_a_clear_error():
     store, _ = sparse_dictionary_store(n=100)
     with pytest.raises(ValueError, match="fewer than one batch"):
         train_sae(store, "topk", width=64, batch_size=512, k=4, progress=False)
+
+
+def test_a_plain_tensor_trains_like_its_store():
+    store, _ = sparse_dictionary_store(n_features=64, n=4096)
+    args = {
+        "kind": "topk",
+        "width": 64,
+        "batch_size": 128,
+        "max_tokens": 2048,
+        "k": 4,
+        "progress": False,
+    }
+    from_store = train_sae(store, **args)
+    from_tensor = train_sae(store.acts_ND, **args)
+    for name, value in from_store.state_dict().items():
+        assert torch.equal(value, from_tensor.state_dict()[name]), name
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        train_sae(store.acts_ND[None], **args)
+
+
+def test_kind_training_defaults_apply_unless_given():
+    """JumpReLU trains at batch 256, lr 1e-3 unless told otherwise (its `training_defaults`)."""
+    store, _ = sparse_dictionary_store(n_features=64, n=4096)
+    args = {"kind": "jumprelu", "width": 64, "max_tokens": 2048, "target_l0": 4, "progress": False}
+    implicit = train_sae(store, **args)
+    explicit = train_sae(store, batch_size=256, lr=1e-3, **args)
+    other = train_sae(store, batch_size=128, **args)
+    assert implicit.cfg.training["n_steps"] == 2048 // 256
+    for name, value in implicit.state_dict().items():
+        assert torch.equal(value, explicit.state_dict()[name]), name
+    assert not torch.equal(implicit.W_dec_FD, other.W_dec_FD)
+
+
+def test_composite_kinds_are_not_trained_directly():
+    store, _ = sparse_dictionary_store(n_features=64, n=1024)
+    with pytest.raises(ValueError, match="train_residual"):
+        train_sae(store, "residual", width=64, progress=False)

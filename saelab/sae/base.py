@@ -2,30 +2,27 @@
 
 An SAE is an `nn.Module` with a config dataclass `cfg`. Every kind has
 `encode(x_BD) -> f_BF`, `decode(f_BF) -> x_hat_BD`, `forward(x_BD) -> SAEOutput` and
-`training_loss(x_BD, ctx) -> LossOutput`; the trainer calls nothing else kind-specific.
-Shapes: B tokens, D = d_in, F = width.
+`training_loss(x_BD, ctx) -> LossOutput`, and says what the rest of saelab needs to know
+about it (its sparsity option, training defaults, encoder cost, whether it is composite),
+so code outside `sae/` never asks `hasattr` of an SAE. Shapes: B tokens, D = d_in, F = width.
 
-Input scaling (METHODS.md): training runs on `s * x`; `fold_input_scale(s)` then folds
-`s` into the weights so the saved SAE takes activations in the model's own units.
+Input scaling (docs/methods.md, "Input scaling and dropped positions"): training runs on
+`s * x`; `fold_input_scale(s)` then folds `s` into the weights so the saved SAE takes
+activations in the model's own units.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae.safetensors"
+from saelab.io import atomic_folder
+from saelab.sae.folder import WEIGHTS_FILE, check_state, config_from_dict, read_folder, write_cfg
 
 
 @dataclass
@@ -38,7 +35,9 @@ class SAEConfig:
     hookpoint: str = ""
     model: str = ""
     input_scale: float = 1.0  # s folded into the weights; 1.0 means "raw units" all along
-    decoder_bias: bool = True  # False: b_dec is a zero buffer, not learned (residual SAEs, METHODS.md)
+    decoder_bias: bool = (
+        True  # False: b_dec is a zero buffer, not learned (residual SAEs, METHODS.md)
+    )
     training: dict = field(default_factory=dict)  # the TrainConfig a trainer used, for the record
 
     def to_dict(self) -> dict:
@@ -75,16 +74,56 @@ def sq_error(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
     return (x_hat_BD - x_BD).pow(2).sum(-1).mean()
 
 
+def fires(f_BF: torch.Tensor) -> torch.Tensor:
+    """Bool `[B, F]`: where a latent fires. saelab's one definition: its code is non-zero.
+
+    Every kind's codes are >= 0, so this is also `f > 0`; training, metrics, feature
+    statistics and figures all count firing through this function.
+    """
+    return f_BF != 0
+
+
+def check_fits(
+    cfg: SAEConfig,
+    where: str = "this SAE",
+    d_in: int | None = None,
+    d_in_of: str = "the input's width",
+    hookpoint: str | None = None,
+) -> None:
+    """The one "does this SAE fit" check: `d_in` (named by `d_in_of`, e.g. "the model's
+    hidden size") must be the SAE's, and `hookpoint` (when both are known) the one it was
+    trained on. ValueError naming `where` and the mismatch."""
+    if d_in is not None and d_in != cfg.d_in:
+        trained = (
+            f" (trained on {cfg.model or 'an unknown model'} {cfg.hookpoint})"
+            if cfg.hookpoint
+            else ""
+        )
+        raise ValueError(
+            f"{where} takes d_in={cfg.d_in} activations{trained}, but {d_in_of} is {d_in}"
+        )
+    if hookpoint and cfg.hookpoint and str(hookpoint) != cfg.hookpoint:
+        raise ValueError(f"{where} was trained on {cfg.hookpoint}, not {hookpoint}")
+
+
 class SAE(nn.Module):
-    """Base class: the standard affine encoder/decoder parameters and save/load.
+    """Base class: the standard affine encoder/decoder parameters, kind knowledge, save/load.
 
     Parameters: `W_enc_DF`, `b_enc_F`, `W_dec_FD` (rows are feature directions, kept
-    unit-norm during training), `b_dec_D`. Kinds override `encode` (and `training_loss`).
+    unit-norm during training), `b_dec_D`. Kinds override `encode` and `training_loss`, and
+    `init_encoder` when their encoder is not the dense one (KronSAE).
     """
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
     kind: ClassVar[str] = ""
-    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)  # the trainer's Adam betas for this kind
+    adam_betas: ClassVar[tuple[float, float]] = (
+        0.9,
+        0.999,
+    )  # the trainer's Adam betas for this kind
+    composite: ClassVar[bool] = (
+        False  # True: built from trained SAEs (residual), not trained as one
+    )
+    training_defaults: ClassVar[dict] = {}  # `train_sae` options this kind trains best with
 
     @property
     def lr_scale(self) -> dict[str, float]:
@@ -95,17 +134,53 @@ class SAE(nn.Module):
         super().__init__()
         cfg.kind = self.kind
         self.cfg = cfg
+        self.init_parameters(seed, dtype)
+
+    def init_parameters(self, seed: int, dtype: torch.dtype) -> None:
+        """Random unit-norm decoder rows, the encoder from `init_encoder`, `b_dec` = 0."""
         g = torch.Generator().manual_seed(seed)
-        W_dec_FD = torch.randn(cfg.width, cfg.d_in, generator=g, dtype=torch.float64)
+        W_dec_FD = torch.randn(self.cfg.width, self.cfg.d_in, generator=g, dtype=torch.float64)
         W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
         self.W_dec_FD = nn.Parameter(W_dec_FD.to(dtype))
-        # Tied init (Gao et al.): the encoder starts as the decoder's transpose.
-        self.W_enc_DF = nn.Parameter(W_dec_FD.T.contiguous().to(dtype))
-        self.b_enc_F = nn.Parameter(torch.zeros(cfg.width, dtype=dtype))
-        if cfg.decoder_bias:
-            self.b_dec_D = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        self.init_encoder(W_dec_FD, seed, dtype)
+        if self.cfg.decoder_bias:
+            self.b_dec_D = nn.Parameter(torch.zeros(self.cfg.d_in, dtype=dtype))
         else:  # a buffer: saved and loaded like the weights, never trained
-            self.register_buffer("b_dec_D", torch.zeros(cfg.d_in, dtype=dtype))
+            self.register_buffer("b_dec_D", torch.zeros(self.cfg.d_in, dtype=dtype))
+
+    def init_encoder(self, W_dec_FD: torch.Tensor, seed: int, dtype: torch.dtype) -> None:
+        """Tied init (Gao et al.): the encoder starts as the decoder's transpose, `b_enc` = 0."""
+        self.W_enc_DF = nn.Parameter(W_dec_FD.T.contiguous().to(dtype))
+        self.b_enc_F = nn.Parameter(torch.zeros(self.cfg.width, dtype=dtype))
+
+    # --- what the rest of saelab asks of a kind -------------------------------------------
+    @classmethod
+    def sparsity_option(cls, target_l0: float) -> dict:
+        """The `train_sae` option that asks this kind for L0 `target_l0` (`{"k": 32}`, ...)."""
+        raise ValueError(
+            f"a {cls.kind} SAE has no option that sets its L0; kinds that have one: "
+            "jumprelu (target_l0), topk, batchtopk, hierarchical_topk, kron (k)"
+        )
+
+    @property
+    def target_l0(self) -> float | None:
+        """The L0 this SAE was asked for (None when its kind has no such option)."""
+        return None
+
+    def encoder_multiply_adds(self) -> int:
+        """Encoder multiply-adds per token (FLOPs are twice this): `F·d` for a dense encoder."""
+        return self.cfg.width * self.cfg.d_in
+
+    def at_k(self, k: int) -> nn.Module:
+        """This SAE served at sparsity `k` (TopK family only)."""
+        raise ValueError(
+            f"a {self.kind} SAE has a fixed sparsity; serving it at another k needs a "
+            "TopK-family SAE (topk, hierarchical_topk, kron)"
+        )
+
+    def latent_label(self, latent: int) -> str:
+        """How dashboards name a latent."""
+        return f"latent {int(latent)}"
 
     # --- the interface -------------------------------------------------------------------
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -171,8 +246,13 @@ class SAE(nn.Module):
     def check_input(self, x_BD: torch.Tensor) -> None:
         if x_BD.shape[-1] != self.cfg.d_in:
             raise ValueError(
-                f"{self.kind} SAE takes d_in={self.cfg.d_in} activations, got shape {tuple(x_BD.shape)}"
-                + (f" (it was trained on {self.cfg.model} {self.cfg.hookpoint})" if self.cfg.model else "")
+                f"{self.kind} SAE takes d_in={self.cfg.d_in} activations, "
+                f"got shape {tuple(x_BD.shape)}"
+                + (
+                    f" (it was trained on {self.cfg.model} {self.cfg.hookpoint})"
+                    if self.cfg.model
+                    else ""
+                )
             )
 
     # --- save / load ---------------------------------------------------------------------
@@ -180,87 +260,21 @@ class SAE(nn.Module):
         """Write `cfg.json` + `sae.safetensors` into `folder`, atomically (temp folder, rename)."""
         with atomic_folder(folder) as tmp:
             write_cfg(tmp, self.cfg)
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS_FILE)
+            save_file(
+                {k: v.detach().contiguous() for k, v in self.state_dict().items()},
+                tmp / WEIGHTS_FILE,
+            )
         return Path(folder)
+
+    @classmethod
+    def load_folder(cls, folder: str | Path) -> SAE:
+        """The SAE saved in `folder`, bit for bit (its dtype is the file's)."""
+        raw, tensors = read_folder(folder)
+        cfg = config_from_dict(cls.config_class, raw)
+        sae = cls(cfg, dtype=tensors["W_dec_FD"].dtype if "W_dec_FD" in tensors else torch.float32)
+        check_state(sae, tensors, str(folder))
+        sae.load_state_dict(tensors)
+        return sae
 
     def extra_repr(self) -> str:
         return f"d_in={self.cfg.d_in}, width={self.cfg.width}, hookpoint={self.cfg.hookpoint!r}"
-
-
-@contextmanager
-def atomic_folder(folder: str | Path):
-    """Yield a temporary folder; on success it replaces `folder` whole, so a crash mid-write
-    leaves the old folder (or nothing) in place, never half a new one."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
-
-
-def write_cfg(folder: Path, cfg: SAEConfig) -> None:
-    """`cfg.json` with the saelab version that wrote it."""
-    from saelab import __version__
-
-    (folder / CFG_FILE).write_text(json.dumps({**cfg.to_dict(), "saelab_version": __version__}, indent=2))
-
-
-def read_cfg(folder: str | Path) -> dict:
-    """The `cfg.json` of a saved SAE folder, with clear errors for a missing or corrupt file."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no SAE folder at {folder}")
-    cfg_path = folder / CFG_FILE
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{folder} is missing {CFG_FILE}: not a saved saelab SAE")
-    try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
-
-
-def config_from_dict(config_class: type[SAEConfig], raw: dict[str, Any]) -> SAEConfig:
-    """Build a config, ignoring keys it does not know (e.g. `saelab_version`)."""
-    names = {f.name for f in fields(config_class)}
-    return config_class(**{k: v for k, v in raw.items() if k in names})
-
-
-def read_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(cfg dict, tensors) of a saved SAE, with clear errors for missing or corrupt files."""
-    folder = Path(folder)
-    cfg = read_cfg(folder)
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{folder} is missing {WEIGHTS_FILE}: not a saved saelab SAE")
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{weights_path} is corrupt or truncated: {err}") from err
-    return cfg, tensors
-
-
-def check_state(sae: SAE, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Names and shapes of `tensors` must be exactly `sae`'s; the error names the mismatch."""
-    expected = sae.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{where}: weights do not fit a {sae.kind} SAE (missing {missing}, unexpected {unexpected})")
-    for name, value in expected.items():
-        if tensors[name].shape != value.shape:
-            raise ValueError(
-                f"{where}: {name} has shape {tuple(tensors[name].shape)} but cfg.json "
-                f"(d_in={sae.cfg.d_in}, width={sae.cfg.width}) needs {tuple(value.shape)}"
-            )

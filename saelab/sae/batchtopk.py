@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from saelab.sae import register
-from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, sq_error
-from saelab.sae.topk import auxk_loss, scatter_codes
+from saelab.sae.base import SAE, LossOutput, TrainContext, fires, sq_error
+from saelab.sae.registry import register
+from saelab.sae.topk import TopKConfig, auxk_loss, scatter_codes, use_sparse_decoder
 
 
 @dataclass
-class BatchTopKConfig(SAEConfig):
-    k: int = 32
-    k_aux: int | None = None  # None: d_in // 2
-    aux_coef: float = 1 / 32
+class BatchTopKConfig(TopKConfig):
+    """TopK's fields (`k` is the mean active latents per token over a batch); `sparse_decoder`
+    only picks AuxK's decoder path: the main code is a dense `[B, F]` batch selection."""
+
     threshold_warmup_steps: int = 100  # early steps, while the SAE moves fast, are not averaged
 
 
@@ -37,6 +37,14 @@ def batch_topk_codes(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
 class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
     kind = "batchtopk"
+
+    @classmethod
+    def sparsity_option(cls, target_l0: float) -> dict:
+        return {"k": int(target_l0)}
+
+    @property
+    def target_l0(self) -> float:
+        return self.cfg.k
 
     def __init__(self, cfg: BatchTopKConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__(cfg, seed=seed, dtype=dtype)
@@ -69,8 +77,19 @@ class BatchTopKSAE(SAE):
         self.update_threshold(f_BF, ctx.step)
         x_hat_BD = self.decode(f_BF)
         mse = sq_error(x_BD, x_hat_BD)
-        k_aux = self.cfg.k_aux or self.cfg.d_in // 2
-        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux)
-        active_BF = f_BF > 0
-        return LossOutput(mse + self.cfg.aux_coef * aux, mse.detach(), active_BF.sum(-1).float().mean(),
-                          active_BF.any(0), {"auxk": aux.detach().item(), "threshold": self.threshold.item()})
+        aux = auxk_loss(
+            self,
+            pre_BF,
+            (x_BD - x_hat_BD).detach(),
+            ctx.dead_F,
+            self.cfg.k_aux,
+            use_sparse_decoder(self.cfg, self.cfg.k_aux),
+        )
+        active_BF = fires(f_BF)
+        return LossOutput(
+            mse + self.cfg.aux_coef * aux,
+            mse.detach(),
+            active_BF.sum(-1).float().mean(),
+            active_BF.any(0),
+            {"auxk": aux.detach().item(), "threshold": self.threshold.item()},
+        )

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from saelab.sae import register
 from saelab.sae.base import LossOutput, TrainContext, sq_error
+from saelab.sae.registry import register
 from saelab.sae.topk import (
     TopKConfig,
     TopKSAE,
@@ -40,7 +40,8 @@ class HierarchicalTopKConfig(TopKConfig):
 
     k: int = 64
     k_set: str | list[int] = "all"
-    gram_loss: bool = True  # the dot-product form of the loss (`hierarchical_loss_gram`); False: the cumsum reference
+    # True: the dot-product form of the loss (`hierarchical_loss_gram`); False: the cumsum reference
+    gram_loss: bool = True
 
 
 def loss_ks(k_set: str | list[int], K: int) -> list[int]:
@@ -61,8 +62,13 @@ def loss_ks(k_set: str | list[int], K: int) -> list[int]:
     return ks
 
 
-def partial_reconstructions(W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, values_BK: torch.Tensor,
-                            idx_BK: torch.Tensor, ks: list[int]) -> torch.Tensor:
+def partial_reconstructions(
+    W_dec_FD: torch.Tensor,
+    b_dec_D: torch.Tensor,
+    values_BK: torch.Tensor,
+    idx_BK: torch.Tensor,
+    ks: list[int],
+) -> torch.Tensor:
     """`x_hat_j` for j in `ks`, `[B, len(ks), D]`, from codes sorted in descending order.
 
     One gather of the K rows per token and a cumulative sum along K.
@@ -72,8 +78,14 @@ def partial_reconstructions(W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, value
     return sums_BKD[:, [j - 1 for j in ks]] + b_dec_D
 
 
-def hierarchical_loss_gram(W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, x_BD: torch.Tensor,
-                           values_BK: torch.Tensor, idx_BK: torch.Tensor, ks: list[int]) -> torch.Tensor:
+def hierarchical_loss_gram(
+    W_dec_FD: torch.Tensor,
+    b_dec_D: torch.Tensor,
+    x_BD: torch.Tensor,
+    values_BK: torch.Tensor,
+    idx_BK: torch.Tensor,
+    ks: list[int],
+) -> torch.Tensor:
     """`mean_{j∈ks} mean_b ||x - x_hat_j||^2` without the `[B, K, D]` partial sums.
 
     With `r = x - b_dec`, `a_i = <r, w_i>`, `G = W_g W_gᵀ` (the gathered rows' Gram, `[B, K, K]`)
@@ -115,14 +127,26 @@ class HierarchicalTopKSAE(TopKSAE):
         if self.cfg.gram_loss:
             loss = hierarchical_loss_gram(self.W_dec_FD, self.b_dec_D, x_BD, values_BK, idx_BK, ks)
             with torch.no_grad():  # the full x_hat only feeds AuxK and the log
-                x_hat_BD = decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg)) + self.b_dec_D
+                x_hat_BD = (
+                    decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg))
+                    + self.b_dec_D
+                )
             mse = sq_error(x_BD, x_hat_BD)
         else:
-            cols = ks if ks[-1] == self.cfg.k else [*ks, self.cfg.k]  # the full x_hat feeds AuxK and the log
-            x_hat_BJD = partial_reconstructions(self.W_dec_FD, self.b_dec_D, values_BK, idx_BK, cols)
+            cols = (
+                ks if ks[-1] == self.cfg.k else [*ks, self.cfg.k]
+            )  # the full x_hat feeds AuxK and the log
+            x_hat_BJD = partial_reconstructions(
+                self.W_dec_FD, self.b_dec_D, values_BK, idx_BK, cols
+            )
             per_k_J = (x_hat_BJD - x_BD.unsqueeze(1)).pow(2).sum(-1).mean(0)
             loss, mse, x_hat_BD = per_k_J[: len(ks)].mean(), per_k_J[-1], x_hat_BJD[:, -1]
-        k_aux = self.cfg.k_aux or self.cfg.d_in // 2
-        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux,
-                        use_sparse_decoder(self.cfg, k_aux))
+        aux = auxk_loss(
+            self,
+            pre_BF,
+            (x_BD - x_hat_BD).detach(),
+            ctx.dead_F,
+            self.cfg.k_aux,
+            use_sparse_decoder(self.cfg, self.cfg.k_aux),
+        )
         return topk_loss_output(self.cfg, loss, mse, aux, values_BK, idx_BK)

@@ -3,7 +3,7 @@
 The `F = h·m·n` latents are split into `h` heads. Head `g` projects the input to `m`
 values `u` and `n` values `v` (both ReLU'd), and latent `(g, i, j)` is `mAND(u[g, i], v[g, j])`,
 so the encoder costs `h(m+n)·d` multiply-adds per token instead of a TopK SAE's `F·d`
-(`encoder_multiply_adds`). There is no dense `[D, F]` encoder, which at large widths is most
+(`KronSAE.encoder_multiply_adds`). There is no dense `[D, F]` encoder, which at large widths is most
 of a TopK SAE's parameters and encoder work. TopK (with AuxK), the decoder and the loss are
 `TopKSAE`'s; the training step picks the top k without autograd and recomputes only their
 values (`top_latents`), so its backward never touches the `[B, F]` mAND values.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from saelab.sae import register
-from saelab.sae.base import SAE, LossOutput, TrainContext, sq_error
+from saelab.sae.base import LossOutput, TrainContext, sq_error
+from saelab.sae.registry import register
 from saelab.sae.topk import (
     TopKConfig,
     TopKSAE,
@@ -46,6 +46,7 @@ class KronConfig(TopKConfig):
     n: int | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if (self.m is None) != (self.n is None):
             raise ValueError(f"give both m and n, or neither (got m={self.m}, n={self.n})")
         if self.m is not None and min(self.m, self.n) < 1:
@@ -55,8 +56,10 @@ class KronConfig(TopKConfig):
         elif self.heads is None:
             self.heads = self.width // (self.m * self.n)
         if self.heads * self.m * self.n != self.width:
-            raise ValueError(f"a KronSAE needs width == heads·m·n, got width {self.width} with "
-                             f"heads={self.heads}, m={self.m}, n={self.n} ({self.heads * self.m * self.n})")
+            raise ValueError(
+                f"a KronSAE needs width == heads·m·n, got width {self.width} with "
+                f"heads={self.heads}, m={self.m}, n={self.n} ({self.heads * self.m * self.n})"
+            )
 
 
 def mand(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -86,7 +89,8 @@ def _safe_sqrt(t: torch.Tensor) -> torch.Tensor:
 
 
 def _square_split(size: int) -> tuple[int, int] | None:
-    """(m, n) with m·n == size, m <= n <= 4m and m >= 2, as square as possible; None if there is none."""
+    """(m, n) with m·n == size, m <= n <= 4m and m >= 2, as square as possible; None if there
+    is none."""
     m = max(d for d in range(1, math.isqrt(size) + 1) if size % d == 0)
     n = size // m
     return (m, n) if m >= 2 and n <= 4 * m else None
@@ -105,11 +109,15 @@ def kron_shape(width: int, heads: int | None = None) -> tuple[int, int, int]:
     if heads is not None:
         split = _square_split(width // heads) if heads >= 1 and width % heads == 0 else None
         if split is None:
-            raise ValueError(f"width {width} with {heads} heads has no m·n = width/heads with 2 <= m <= n <= 4m")
+            raise ValueError(
+                f"width {width} with {heads} heads has no m·n = width/heads with 2 <= m <= n <= 4m"
+            )
         return heads, *split
     sizes = [p for p in range(4, width + 1) if width % p == 0 and _square_split(p) is not None]
     if not sizes:
-        raise ValueError(f"width {width} has no factorisation h·m·n with 2 <= m <= n <= 4m: pick another width")
+        raise ValueError(
+            f"width {width} has no factorisation h·m·n with 2 <= m <= n <= 4m: pick another width"
+        )
     size = min(sizes, key=lambda p: (abs(math.log(p / HEAD_SIZE)), -p))
     return width // size, *_square_split(size)
 
@@ -119,21 +127,11 @@ def latent_to_hmn(latent: int | torch.Tensor, m: int, n: int):
     return latent // (m * n), latent % (m * n) // n, latent % n
 
 
-def hmn_to_latent(g: int | torch.Tensor, i: int | torch.Tensor, j: int | torch.Tensor, m: int, n: int):
+def hmn_to_latent(
+    g: int | torch.Tensor, i: int | torch.Tensor, j: int | torch.Tensor, m: int, n: int
+):
     """The latent id `g·m·n + i·n + j` of head g, u index i, v index j."""
     return g * m * n + i * n + j
-
-
-def encoder_multiply_adds(sae: SAE) -> int:
-    """Encoder multiply-adds per token (FLOPs are twice this): `h(m+n)·d` for a KronSAE, `F·d` otherwise.
-
-    The KronSAE count leaves out the `F` mAND square roots, which are elementwise (like the
-    TopK selection over `F` that both kinds do).
-    """
-    cfg = sae.cfg
-    if isinstance(cfg, KronConfig):
-        return cfg.heads * (cfg.m + cfg.n) * cfg.d_in
-    return cfg.width * cfg.d_in
 
 
 @register
@@ -144,18 +142,26 @@ class KronSAE(TopKSAE):
     config_class = KronConfig
     kind = "kron"
 
-    def __init__(self, cfg: KronConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
-        super().__init__(cfg, seed, dtype)
-        # The base class builds a dense encoder; KronSAE replaces it, so it leaves the
-        # parameters, the optimiser and the saved file.
-        del self.W_enc_DF, self.b_enc_F
+    def init_encoder(self, W_dec_FD: torch.Tensor, seed: int, dtype: torch.dtype) -> None:
+        """The h heads' P and Q, Gaussian with std 1/√D, zero biases (no tied init: there is
+        no `[D, F]` encoder to tie)."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + 1)  # a stream apart from W_dec's
+        cfg = self.cfg
         D, h, m, n = cfg.d_in, cfg.heads, cfg.m, cfg.n
         # 1/√D: u, v pre-activations ~ N(0, 1) for unit-variance inputs (the trainer's scaling).
-        self.W_P_DHM = nn.Parameter((torch.randn(D, h * m, generator=g, dtype=torch.float64) / math.sqrt(D)).to(dtype))
-        self.W_Q_DHN = nn.Parameter((torch.randn(D, h * n, generator=g, dtype=torch.float64) / math.sqrt(D)).to(dtype))
+        self.W_P_DHM = nn.Parameter(
+            (torch.randn(D, h * m, generator=g, dtype=torch.float64) / math.sqrt(D)).to(dtype)
+        )
+        self.W_Q_DHN = nn.Parameter(
+            (torch.randn(D, h * n, generator=g, dtype=torch.float64) / math.sqrt(D)).to(dtype)
+        )
         self.b_P_HM = nn.Parameter(torch.zeros(h * m, dtype=dtype))
         self.b_Q_HN = nn.Parameter(torch.zeros(h * n, dtype=dtype))
+
+    def encoder_multiply_adds(self) -> int:
+        """`h(m+n)·d` per token, against a dense encoder's `F·d`. The `F` mAND square roots
+        are left out: they are elementwise, like the TopK selection over `F` both kinds do."""
+        return self.cfg.heads * (self.cfg.m + self.cfg.n) * self.cfg.d_in
 
     def head_acts(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u `[B, h, m]`, v `[B, h, n]`): `ReLU((x - b_dec) P + b_P)` and likewise for Q.
@@ -172,8 +178,11 @@ class KronSAE(TopKSAE):
         """The `[B, F]` mAND values, latent `g·m·n + i·n + j` = `mAND(u[g, i], v[g, j])`."""
         return outer_mand(*self.head_acts(x_BD))
 
-    def top_latents(self, u_BHM: torch.Tensor, v_BHN: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`topk_codes(pre_acts(x), k)`, the same numbers, with a backward of O(B·k) instead of O(B·F).
+    def top_latents(
+        self, u_BHM: torch.Tensor, v_BHN: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`topk_codes(pre_acts(x), k)`, the same numbers, with a backward of O(B·k) instead of
+        O(B·F).
 
         The k latents are chosen without autograd and their values recomputed from the k
         (u, v) pairs, so the `[B, F]` mAND values are never kept for, nor reached by, the
@@ -191,13 +200,21 @@ class KronSAE(TopKSAE):
         by the full `[B, F]` mAND values (with their gradient, O(B·F) as for TopK)."""
         u_BHM, v_BHN = self.head_acts(x_BD)
         values_BK, idx_BK = self.top_latents(u_BHM, v_BHN, self.cfg.k)
-        x_hat_BD = decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg)) + self.b_dec_D
+        x_hat_BD = (
+            decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg))
+            + self.b_dec_D
+        )
         mse = sq_error(x_BD, x_hat_BD)
         aux = mse.new_zeros(())
         if ctx.dead_F is not None and bool(ctx.dead_F.any()):
-            k_aux = self.cfg.k_aux or self.cfg.d_in // 2
-            aux = auxk_loss(self, outer_mand(u_BHM, v_BHN), (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux,
-                            use_sparse_decoder(self.cfg, k_aux))
+            aux = auxk_loss(
+                self,
+                outer_mand(u_BHM, v_BHN),
+                (x_BD - x_hat_BD).detach(),
+                ctx.dead_F,
+                self.cfg.k_aux,
+                use_sparse_decoder(self.cfg, self.cfg.k_aux),
+            )
         return topk_loss_output(self.cfg, mse, mse, aux, values_BK, idx_BK)
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Standard ReLU SAE with an L1 penalty weighted by decoder norms (METHODS.md).
+"""Standard ReLU SAE with an L1 penalty weighted by decoder norms (docs/methods.md, "ReLU").
 
 `f = ReLU((x - b_dec) W_enc + b_enc)`; loss `||x - x_hat||^2 + λ Σ_i f_i ||W_dec,i||`,
 λ warmed up linearly so early training is not pushed to all-zero codes.
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from saelab.sae import register
-from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, sq_error
+from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, fires, sq_error
+from saelab.sae.registry import register
 
 
 @dataclass
@@ -42,6 +42,11 @@ class ReLUSAE(SAE):
         mse = sq_error(x_BD, self.decode(f_BF))
         l1 = (f_BF * self.W_dec_FD.norm(dim=1)).sum(-1).mean()
         coef = self.cfg.l1_coef * linear_warmup(ctx, self.cfg.l1_warmup_frac)
-        active_BF = f_BF > 0
-        return LossOutput(mse + coef * l1, mse.detach(), active_BF.sum(-1).float().mean(),
-                          active_BF.any(0), {"l1": l1.item(), "l1_coef": coef})
+        active_BF = fires(f_BF)
+        return LossOutput(
+            mse + coef * l1,
+            mse.detach(),
+            active_BF.sum(-1).float().mean(),
+            active_BF.any(0),
+            {"l1": l1.item(), "l1_coef": coef},
+        )

@@ -10,19 +10,25 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from saelab.sae import register
-from saelab.sae.base import SAE, LossOutput, SAEConfig, SAEOutput, TrainContext, sq_error
+from saelab.sae.base import SAE, LossOutput, SAEConfig, SAEOutput, TrainContext, fires, sq_error
+from saelab.sae.registry import register
 
 
 @dataclass
 class TopKConfig(SAEConfig):
     k: int = 32
-    k_aux: int | None = None  # None: d_in // 2
+    k_aux: int | None = None  # None: d_in // 2 (Gao et al.), resolved when the config is made
     aux_coef: float = 1 / 32
     # True: gather the k rows per token (embedding_bag); False: the dense reference decoder
-    # (same numbers, to ~1e-6); None: sparse when width >= SPARSE_MIN_RATIO * k (`use_sparse_decoder`).
+    # (same numbers, to ~1e-6); None: sparse when width >= SPARSE_MIN_RATIO * k
+    # (`use_sparse_decoder`).
     sparse_decoder: bool | None = None
+
+    def __post_init__(self):
+        if self.k_aux is None:
+            self.k_aux = self.d_in // 2
 
 
 # Decoder forward + backward, B 1024, D 576, k 32, 1 CPU thread: the sparse path took 1.25x the
@@ -31,7 +37,8 @@ SPARSE_MIN_RATIO = 8
 
 
 def use_sparse_decoder(cfg: TopKConfig, k_aux: int | None = None) -> bool:
-    """The decoder path: `cfg.sparse_decoder` if set, else sparse where it is faster (width >= 8 k)."""
+    """The decoder path: `cfg.sparse_decoder` if set, else sparse where it is faster
+    (width >= 8 k)."""
     if cfg.sparse_decoder is not None:
         return cfg.sparse_decoder
     return cfg.width >= SPARSE_MIN_RATIO * (k_aux or cfg.k)
@@ -48,7 +55,9 @@ def scatter_codes(values_BK: torch.Tensor, idx_BK: torch.Tensor, width: int) -> 
     return values_BK.new_zeros(values_BK.shape[0], width).scatter_(-1, idx_BK, values_BK)
 
 
-def decode_topk(W_dec_FD: torch.Tensor, values_BK: torch.Tensor, idx_BK: torch.Tensor, sparse: bool = True) -> torch.Tensor:
+def decode_topk(
+    W_dec_FD: torch.Tensor, values_BK: torch.Tensor, idx_BK: torch.Tensor, sparse: bool = True
+) -> torch.Tensor:
     """`Σ_j values[b, j] W_dec[idx[b, j]]`, `[B, D]` (no bias).
 
     sparse: `embedding_bag` gathers the k rows per token, O(B·k·D), and its backward only
@@ -61,8 +70,14 @@ def decode_topk(W_dec_FD: torch.Tensor, values_BK: torch.Tensor, idx_BK: torch.T
     return scatter_codes(values_BK, idx_BK, W_dec_FD.shape[0]) @ W_dec_FD
 
 
-def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None, k_aux: int,
-              sparse: bool = True):
+def auxk_loss(
+    sae: SAE,
+    pre_BF: torch.Tensor,
+    err_BD: torch.Tensor,
+    dead_F: torch.Tensor | None,
+    k_aux: int,
+    sparse: bool = True,
+):
     """`||e - e_hat||^2 / ||e - mean e||^2` where the top dead latents reconstruct `e` (no bias).
 
     Scaled by `min(n_dead / k_aux, 1)` as METHODS.md says; zero when nothing is dead.
@@ -78,20 +93,61 @@ def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torc
     return min(n_dead / k_aux, 1.0) * sq_error(err_BD, e_hat_BD) / denom
 
 
-def topk_loss_output(cfg: TopKConfig, recon: torch.Tensor, mse: torch.Tensor, aux: torch.Tensor,
-                     values_BK: torch.Tensor, idx_BK: torch.Tensor) -> LossOutput:
-    """The TopK family's `LossOutput`: loss `recon + aux_coef·aux`; L0 and fired latents from the kept codes."""
-    active_BK = values_BK > 0
+def topk_loss_output(
+    cfg: TopKConfig,
+    recon: torch.Tensor,
+    mse: torch.Tensor,
+    aux: torch.Tensor,
+    values_BK: torch.Tensor,
+    idx_BK: torch.Tensor,
+) -> LossOutput:
+    """The TopK family's `LossOutput`: loss `recon + aux_coef·aux`; L0 and fired latents from
+    the kept codes."""
+    active_BK = fires(values_BK)
     fired_F = torch.zeros(cfg.width, dtype=torch.bool, device=values_BK.device)
     fired_F[idx_BK[active_BK]] = True
-    return LossOutput(recon + cfg.aux_coef * aux, mse.detach(), active_BK.sum(-1).float().mean(), fired_F,
-                      {"auxk": aux.detach().item()})
+    return LossOutput(
+        recon + cfg.aux_coef * aux,
+        mse.detach(),
+        active_BK.sum(-1).float().mean(),
+        fired_F,
+        {"auxk": aux.detach().item()},
+    )
+
+
+class AtK(nn.Module):
+    """A TopK-family SAE served at sparsity `k`: `forward(x)` is `sae(x, k=k)` (`SAE.at_k`)."""
+
+    def __init__(self, sae: TopKSAE, k: int):
+        super().__init__()
+        self.sae, self.k, self.cfg = sae, sae.check_k(k), sae.cfg
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x_BD, self.k)
+
+    def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
+        return self.sae.decode(f_BF)
+
+    def forward(self, x_BD: torch.Tensor) -> SAEOutput:
+        return self.sae(x_BD, k=self.k)
 
 
 @register
 class TopKSAE(SAE):
     config_class = TopKConfig
     kind = "topk"
+
+    @classmethod
+    def sparsity_option(cls, target_l0: float) -> dict:
+        return {"k": int(target_l0)}
+
+    @property
+    def target_l0(self) -> float:
+        return self.cfg.k
+
+    def at_k(self, k: int) -> AtK:
+        """This SAE keeping the top `k` latents per token (`evaluate(..., ks=[...])` uses it)."""
+        return AtK(self, k)
 
     def encode(self, x_BD: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Codes `[B, F]` with the top `k` latents per token (default: the trained k)."""
@@ -115,8 +171,17 @@ class TopKSAE(SAE):
     def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
         pre_BF = self.pre_acts(x_BD)
         values_BK, idx_BK = topk_codes(pre_BF, self.cfg.k)
-        x_hat_BD = decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg)) + self.b_dec_D
+        x_hat_BD = (
+            decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg))
+            + self.b_dec_D
+        )
         mse = sq_error(x_BD, x_hat_BD)
-        k_aux = self.cfg.k_aux or self.cfg.d_in // 2
-        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F, k_aux, use_sparse_decoder(self.cfg, k_aux))
+        aux = auxk_loss(
+            self,
+            pre_BF,
+            (x_BD - x_hat_BD).detach(),
+            ctx.dead_F,
+            self.cfg.k_aux,
+            use_sparse_decoder(self.cfg, self.cfg.k_aux),
+        )
         return topk_loss_output(self.cfg, mse, mse, aux, values_BK, idx_BK)

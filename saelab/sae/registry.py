@@ -1,0 +1,64 @@
+"""SAE kinds by name: `register` (a class decorator), `make_sae`, `load_sae`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from saelab.sae.base import SAE, check_fits
+from saelab.sae.folder import read_cfg
+
+SAE_KINDS: dict[str, type[SAE]] = {}
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    """Class decorator: make a kind available to `make_sae` and `load_sae` by `cls.kind`."""
+    SAE_KINDS[cls.kind] = cls
+    return cls
+
+
+def sae_class(kind: str, where: str = "") -> type[SAE]:
+    """The class of `kind`; the error lists the known kinds."""
+    if kind not in SAE_KINDS:
+        prefix = f"{where}: cfg.json names SAE kind" if where else "unknown SAE kind"
+        raise ValueError(f"{prefix} {kind!r}; known kinds: {sorted(SAE_KINDS)}")
+    return SAE_KINDS[kind]
+
+
+def make_sae(
+    kind: str, d_in: int, width: int, seed: int = 0, dtype: torch.dtype = torch.float32, **options
+) -> SAE:
+    """A freshly initialised SAE of `kind`; `options` are fields of that kind's config."""
+    cls = sae_class(kind)
+    if cls.composite:
+        raise ValueError(
+            f"a {kind} SAE is built from trained parts: use saelab.train_residual(base, store, ...)"
+        )
+    return cls(cls.config_class(d_in=d_in, width=width, **options), seed=seed, dtype=dtype)
+
+
+def load_sae(
+    folder: str | Path,
+    model=None,
+    hookpoint: str | None = None,
+    device=None,
+    dtype: torch.dtype | None = None,
+) -> SAE:
+    """Load a saved SAE folder exactly (bit for bit; `dtype` casts it after loading).
+
+    With `model` (an nnsight model or a Hugging Face one), also check that the SAE's `d_in`
+    is the model's hidden size; with `hookpoint`, that it was trained there.
+    """
+    from saelab.models import d_model
+
+    cls = sae_class(read_cfg(folder).get("kind"), where=str(folder))
+    sae = cls.load_folder(folder)
+    check_fits(
+        sae.cfg,
+        f"{folder}: this SAE",
+        d_in=None if model is None else d_model(model),
+        d_in_of="the model's hidden size",
+        hookpoint=hookpoint,
+    )
+    return sae.to(device=device, dtype=dtype) if device is not None or dtype is not None else sae

@@ -1,0 +1,6 @@
+"""Training: the one loop every kind goes through, checkpoints, residual training."""
+
+from saelab.train.loop import NonFiniteError, TrainConfig, train_sae
+from saelab.train.residual import ErrorStore, train_residual
+
+__all__ = ["ErrorStore", "NonFiniteError", "TrainConfig", "train_residual", "train_sae"]

@@ -1,0 +1,279 @@
+"""`train_sae`: the one training loop every SAE kind goes through (docs/methods.md,
+"Training loop").
+
+Adam with linear warm-up and a linear decay over the last `decay_frac` of steps; input
+scaling so that E||s x||^2 = d_in; `b_dec` initialised at the sample mean; decoder rows
+kept unit-norm with the parallel gradient component removed before each step; dead
+latents tracked (no firing in the last `dead_tokens` tokens). Batch `i` of the stream is
+a pure function of (seed, i), so a run resumed from a checkpoint ends with the same
+weights, bit for bit, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from saelab.activations import ActivationStore
+from saelab.io import atomic_folder
+from saelab.models import default_device
+from saelab.sae import SAE, TrainContext, load_sae, make_sae, sae_class
+
+CHECKPOINT = "checkpoint"
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met NaN or inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (recorded in the SAE's cfg.json)."""
+
+    kind: str = "topk"
+    width: int = 4608
+    max_tokens: int | None = None  # None: one pass over the store
+    batch_size: int = 512
+    lr: float | None = None  # None: 2e-4 / sqrt(width / 16384), the sparsify scaling
+    warmup_steps: int = 50
+    decay_frac: float = 0.2
+    dead_tokens: int = 50_000
+    scale_sample: int = 20_000  # tokens used to estimate the input scale and b_dec
+    seed: int = 0
+    options: dict = field(default_factory=dict)  # the kind's config fields (k, target_l0, ...)
+
+    def n_steps(self, n_available: int) -> int:
+        return max(1, (self.max_tokens or n_available) // self.batch_size)
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.width / 16384)
+
+
+def batch_indices(step: int, n_tokens: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Token indices of batch `step`: epoch e is a fresh permutation seeded by (seed, e)."""
+    per_epoch = max(1, n_tokens // batch_size)
+    epoch, j = divmod(step, per_epoch)
+    perm = torch.randperm(
+        n_tokens, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    )
+    return perm[j * batch_size : (j + 1) * batch_size].sort().values
+
+
+def lr_factor(step: int, n_steps: int, warmup_steps: int, decay_frac: float) -> float:
+    """Linear warm-up from 0, flat, then linear decay to 0 over the last `decay_frac` of steps."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    decay_start = int(n_steps * (1 - decay_frac))
+    decay = (
+        1.0 if step < decay_start else max(0.0, (n_steps - step) / max(1, n_steps - decay_start))
+    )
+    return warm * decay
+
+
+def estimate_input_scale(sample_ND: torch.Tensor) -> float:
+    """s with E||s x||^2 = d_in."""
+    return math.sqrt(sample_ND.shape[1] / sample_ND.double().pow(2).sum(1).mean().item())
+
+
+def _save_checkpoint(folder: Path, sae: SAE, trainer_state: dict) -> None:
+    """SAE folder + trainer state (optimiser, step, scale, dead counters) written atomically."""
+    with atomic_folder(folder) as tmp:
+        sae.save(tmp / "sae")
+        torch.save(trainer_state, tmp / "trainer.pt")
+
+
+def train_sae(
+    store: ActivationStore | torch.Tensor,
+    kind: str = "topk",
+    width: int = 4608,
+    max_tokens: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 200,
+    callback: Callable[[dict], None] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    log_every: int = 10,
+    config: TrainConfig | None = None,
+    **options,
+) -> SAE:
+    """Train an SAE of `kind` on `store` (an `ActivationStore` or a plain `[N, d]` tensor);
+    `options` are the kind's config fields (k=32, target_l0=40, ...).
+
+    `max_tokens` caps the training tokens (None: one pass over the store). `batch_size` and
+    `lr` left as None take the kind's `training_defaults` (JumpReLU: 256 and 1e-3), else
+    512 and `TrainConfig.learning_rate`'s width scaling. With `checkpoint_dir`, a checkpoint
+    is written every `checkpoint_every` steps and an existing one is resumed from.
+    `callback(log)` gets each logged dict (step, tokens, loss, mse, fvu, l0, dead_fraction,
+    lr). Returns the SAE with the input scale folded in, in the activations' own units;
+    `sae.history` holds the logged dicts.
+    """
+    if isinstance(store, torch.Tensor):
+        store = ActivationStore.from_tensor(store)
+    if config is None:
+        defaults = sae_class(kind).training_defaults
+        batch_size = batch_size or defaults.get("batch_size", 512)
+        lr = lr if lr is not None else defaults.get("lr")
+        config = TrainConfig(
+            kind=kind,
+            width=width,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            options=options,
+        )
+    cfg = config
+    if sae_class(cfg.kind).composite:
+        raise ValueError(
+            f"a {cfg.kind} SAE is built from trained parts: "
+            "use saelab.train_residual(base, store, ...)"
+        )
+    device = torch.device(device) if device is not None else default_device()
+    n_steps = cfg.n_steps(len(store))
+    if len(store) < cfg.batch_size:
+        raise ValueError(
+            f"the store holds {len(store)} tokens, fewer than one batch of {cfg.batch_size}"
+        )
+
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / "trainer.pt").exists():
+        sae = load_sae(ckpt / "sae").to(device)
+        state = torch.load(ckpt / "trainer.pt", weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(
+                f"{ckpt} was written by a run with other settings: "
+                f"{state['config']} vs {asdict(cfg)}"
+            )
+    else:
+        sample_ND = store.sample(cfg.scale_sample, seed=cfg.seed)
+        if not torch.isfinite(sample_ND).all():
+            raise NonFiniteError(
+                "non-finite values in the activations sampled for input scaling (step 0)"
+            )
+        scale = estimate_input_scale(sample_ND)
+        sae = make_sae(
+            cfg.kind, store.d_in, cfg.width, seed=cfg.seed, dtype=dtype, **cfg.options
+        ).to(device)
+        sae.init_from_sample((scale * sample_ND).to(device, dtype))
+        state = {
+            "config": asdict(cfg),
+            "step": 0,
+            "scale": scale,
+            "optimizer": None,
+            "history": [],
+            "since_fired_F": torch.zeros(cfg.width, dtype=torch.long),
+        }
+    sae.cfg.hookpoint, sae.cfg.model = store.info.hookpoint, store.info.model
+    scale, since_fired_F, history = (
+        state["scale"],
+        state["since_fired_F"].to(device),
+        state["history"],
+    )
+    # Kinds may ask for a larger step on some parameters (JumpReLU's log-thresholds).
+    groups = [
+        {"params": [p], "lr_scale": sae.lr_scale.get(name, 1.0)}
+        for name, p in sae.named_parameters()
+    ]
+    optimizer = torch.optim.Adam(groups, lr=cfg.learning_rate(), betas=sae.adam_betas)
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+    def checkpoint(step: int) -> None:
+        _save_checkpoint(
+            ckpt,
+            sae,
+            {
+                **state,
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "since_fired_F": since_fired_F.cpu(),
+                "history": history,
+            },
+        )
+
+    bar = tqdm(
+        total=n_steps,
+        initial=state["step"],
+        desc=f"train {cfg.kind} F={cfg.width}",
+        unit="step",
+        disable=not progress,
+    )
+    for step in range(state["step"], n_steps):
+        x_BD = (
+            store.get(batch_indices(step, len(store), cfg.batch_size, cfg.seed)).to(device, dtype)
+            * scale
+        )
+        if not torch.isfinite(x_BD).all():
+            raise NonFiniteError(
+                f"non-finite activations in the training batch at step {step}"
+                + (
+                    f"; the last good checkpoint is {ckpt}"
+                    if ckpt is not None and ckpt.exists()
+                    else ""
+                )
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = (
+                group["lr_scale"]
+                * cfg.learning_rate()
+                * lr_factor(step, n_steps, cfg.warmup_steps, cfg.decay_frac)
+            )
+        out = sae.training_loss(x_BD, TrainContext(step, n_steps, since_fired_F > cfg.dead_tokens))
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(
+                f"the {cfg.kind} loss became {out.loss.item()} at step {step}"
+                + (
+                    f"; the last good checkpoint is {ckpt}"
+                    if ckpt is not None and ckpt.exists()
+                    else ""
+                )
+            )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.project_decoder_grad()
+        optimizer.step()
+        sae.normalize_decoder()
+        since_fired_F += len(x_BD)
+        since_fired_F[out.fired_F] = 0
+
+        if step % log_every == 0 or step == n_steps - 1:
+            variance = (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean()
+            log = {
+                "step": step,
+                "tokens": (step + 1) * cfg.batch_size,
+                "loss": out.loss.item(),
+                "mse": out.mse.item(),
+                "fvu": (out.mse / variance).item(),
+                "l0": out.l0.item(),
+                "dead_fraction": (since_fired_F > cfg.dead_tokens).float().mean().item(),
+                "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"],
+                **out.terms,
+            }
+            history.append(log)
+            bar.set_postfix(
+                fvu=f"{log['fvu']:.3f}", l0=f"{log['l0']:.1f}", dead=f"{log['dead_fraction']:.1%}"
+            )
+            if callback is not None:
+                callback(log)
+        bar.update(1)
+        if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < n_steps:
+            checkpoint(step + 1)
+    bar.close()
+    optimizer.zero_grad(
+        set_to_none=True
+    )  # the SAE leaves without stale gradients (memory, frozen reuse)
+    if ckpt is not None and state["step"] < n_steps:
+        checkpoint(n_steps)  # a finished run: calling again with this folder returns the same SAE
+
+    sae.fold_input_scale(scale)
+    sae.cfg.training = {**asdict(cfg), "n_steps": n_steps, "store_tokens": len(store)}
+    sae.history = history
+    return sae
