@@ -36,13 +36,14 @@ class CpuMonitor:
         wall, mine = w1 - w0, (s1 - s0)
         if b0 is None or b1 is None:
             return (
-                f"# CPU over the timed part: this process {mine / wall:.2f} cores (machine total unknown)",
+                f"# CPU over the timed part: this process {mine / wall:.2f} cores "
+                "(machine total unknown)",
                 False,
             )
         others = max(0.0, (b1 - b0) - mine) / wall
         busy = others > 0.2
         return (
-            f"# CPU over the timed part: this process {mine / wall:.2f} cores, other processes {others:.2f} cores, "
-            f"of {os.cpu_count()}"
+            f"# CPU over the timed part: this process {mine / wall:.2f} cores, "
+            f"other processes {others:.2f} cores, of {os.cpu_count()}"
             + (" -- SHARED: times are inflated and noisy, rerun on a quiet machine" if busy else "")
         ), busy

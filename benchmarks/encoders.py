@@ -18,10 +18,12 @@ time and memory, like TopK's top-k, so at small widths the speedup is below the
 multiply-add ratio.
 
 Usage (2 CPU cores):
-    python benchmarks/encoders.py                              # widths 4608 18432 65536 (~1.5 min with --threads 1)
-    python benchmarks/encoders.py --widths 4608 --iters 3      # quick check
-    python benchmarks/encoders.py --threads 1                  # when the other core is busy
-    python benchmarks/encoders.py --head 16 16                 # KronSAE heads of 16 x 16 (an eighth of TopK's MACs)
+    python benchmarks/encoders.py                          # widths 4608 18432 65536
+                                                           # (~1.5 min with --threads 1)
+    python benchmarks/encoders.py --widths 4608 --iters 3  # quick check
+    python benchmarks/encoders.py --threads 1              # when the other core is busy
+    python benchmarks/encoders.py --head 16 16             # KronSAE heads of 16 x 16
+                                                           # (an eighth of TopK's MACs)
 """
 
 from __future__ import annotations
@@ -138,12 +140,14 @@ def main() -> None:
 
     cpu_line, _ = monitor.report()
     print(
-        f"# forward+backward tokens/s, d_in {D}, batch {B}, k {k}, median of {args.iters} after {args.warmup} "
-        f"warm-up, torch threads {torch.get_num_threads()}, saelab from {Path(saelab.__file__).parent}"
+        f"# forward+backward tokens/s, d_in {D}, batch {B}, k {k}, median of {args.iters} "
+        f"after {args.warmup} warm-up, torch threads {torch.get_num_threads()}, "
+        f"saelab from {Path(saelab.__file__).parent}"
     )
     print(cpu_line)
     print(
-        "# enc MAC ratio = TopK encoder multiply-adds / KronSAE's = F / (h(m+n)); speedup = KronSAE / TopK encoder tok/s"
+        "# enc MAC ratio = TopK encoder multiply-adds / KronSAE's = F / (h(m+n)); "
+        "speedup = KronSAE / TopK encoder tok/s"
     )
     print()
     print(
@@ -154,8 +158,8 @@ def main() -> None:
     for F, shape, mac_ratio, t in rows:
         print(
             f"| {F} | {shape} | {mac_ratio:.1f} | {t['topk_enc']:,.0f} | {t['kron_enc']:,.0f} "
-            f"| {t['kron_enc'] / t['topk_enc']:.2f} | {t['kron_dense']:,.0f} | {t['dense_dec']:,.0f} "
-            f"| {t['sparse_dec']:,.0f} |"
+            f"| {t['kron_enc'] / t['topk_enc']:.2f} | {t['kron_dense']:,.0f} "
+            f"| {t['dense_dec']:,.0f} | {t['sparse_dec']:,.0f} |"
         )
     final = [t for F, _, _, t in rows if F == 65536]
     if final:

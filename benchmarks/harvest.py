@@ -23,8 +23,9 @@ harvest pays them once). The last line is `harvest_vs_raw_ratio: R`, R = the med
 batches of raw time / harvest time = harvest tokens/s / raw tokens/s (target >= 0.9).
 
 Usage (2 CPU cores):
-    python benchmarks/harvest.py                        # default: smollm2-135m, 8192 tokens x 3 (~2 min quiet)
-    python benchmarks/harvest.py --model stories260k    # quick check (seconds)
+    python benchmarks/harvest.py                              # default: smollm2-135m,
+                                                              # 8192 tokens x 3 (~2 min quiet)
+    python benchmarks/harvest.py --model stories260k          # quick check (seconds)
     python benchmarks/harvest.py --tokens 32768 --repeats 3   # the full run (~6 min quiet)
 """
 
@@ -186,15 +187,18 @@ def main() -> None:
 
     batch_tokens = batches[0].numel()
     print(
-        f"# harvest benchmark: model {args.model} (load {load_s:.1f} s), hookpoint {hookpoint_name}, "
-        f"corpus {args.corpus}/train, batches {args.batch_size}x{args.ctx_len}, {len(batches)} batches "
-        f"({n_tokens} tokens) x {args.repeats} repeats, each batch timed per method in rotating order, "
+        f"# harvest benchmark: model {args.model} (load {load_s:.1f} s), "
+        f"hookpoint {hookpoint_name}, corpus {args.corpus}/train, "
+        f"batches {args.batch_size}x{args.ctx_len}, {len(batches)} batches "
+        f"({n_tokens} tokens) x {args.repeats} repeats, "
+        "each batch timed per method in rotating order, "
         f"torch threads {torch.get_num_threads()}, tqdm {'on' if args.progress else 'off'}, "
         f"saelab from {Path(saelab.__file__).parent}"
     )
     print(cpu_line)
     print(
-        "# harvest is called once per batch here, so its per-call costs (tqdm setup, StoreInfo, cat) count once per batch"
+        "# harvest is called once per batch here, so its per-call costs "
+        "(tqdm setup, StoreInfo, cat) count once per batch"
     )
     header = (
         f"{'method':<14} {'tokens':>7} {'total s':>8} {'median s/batch':>15} {'best s/batch':>13} "
@@ -212,7 +216,8 @@ def main() -> None:
     print(
         f"# ratio from best batches: {ratio_best:.3f}; from medians: "
         f"{statistics.median(times['raw forward']) / statistics.median(times['harvest']):.3f}; "
-        f"paired per-batch ratios min/median/max: {min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}"
+        f"paired per-batch ratios min/median/max: {min(ratios):.3f} / "
+        f"{statistics.median(ratios):.3f} / {max(ratios):.3f}"
     )
     print(f"harvest_vs_raw_ratio: {statistics.median(ratios):.3f}")
 

@@ -9,12 +9,12 @@ excluded by timing from the callback: `log_every=1`, and tokens/s is measured be
 callback after step `warmup-1` and the one after the last step (the log's own cost, a few
 `.item()`s and a [B, D] variance, is < 1% of a step and is included).
 
-Every kind in `saelab.SAE_KINDS` at run time (but the composite `residual`) is benchmarked, with k=32 for kinds whose config
-has `k` (topk, batchtopk) and target_l0=32 for kinds with `target_l0` (jumprelu). The
-trainer's default `dead_tokens` (50,000) means a short run never marks a latent dead, so the
-AuxK term of topk-family kinds is skipped; the `+auxk` rows set dead_tokens=0 (every latent
-not fired on the previous batch counts as dead) to time the step with AuxK running, as it
-does in long runs at large widths.
+Every kind in `saelab.SAE_KINDS` at run time (but the composite `residual`) is benchmarked,
+with k=32 for kinds whose config has `k` (topk, batchtopk) and target_l0=32 for kinds with
+`target_l0` (jumprelu). The trainer's default `dead_tokens` (50,000) means a short run never
+marks a latent dead, so the AuxK term of topk-family kinds is skipped; the `+auxk` rows set
+dead_tokens=0 (every latent not fired on the previous batch counts as dead) to time the step
+with AuxK running, as it does in long runs at large widths.
 
 The ideal: the best-of-N fp32 time of each dense product of a step at that width
 (encoder forward [B,D]@[D,F]; decoder forward [B,F]@[F,D]; backward: [B,D]@[D,F]^T-view for
@@ -23,7 +23,8 @@ trainer does not need) -> 12*B*D*F FLOPs per step; ideal tokens/s = B / (sum of 
 = GEMM rate / (12*D*F). Ratios above 1 are possible for a kind that skips dense work.
 
 Usage (2 CPU cores):
-    python benchmarks/train_step.py                         # defaults: widths 4608 16384, 8 timed steps (~2.5 min quiet)
+    python benchmarks/train_step.py                         # defaults: widths 4608 16384,
+                                                            # 8 timed steps (~2.5 min quiet)
     python benchmarks/train_step.py --widths 4608 --steps 4 # quick check
     python benchmarks/train_step.py --steps 30 --warmup 3   # the full run (~8 min quiet)
 """
@@ -197,8 +198,8 @@ def main() -> None:
         rows += [(name, F_, tok_s, ideal[F], log) for name, F_, tok_s, log in width_rows]
 
     print(
-        f"# dense fp32 products of one step (best of 2x{args.gemm_repeats}, before and after the width's runs), "
-        f"torch threads {torch.get_num_threads()}"
+        f"# dense fp32 products of one step (best of 2x{args.gemm_repeats}, "
+        f"before and after the width's runs), torch threads {torch.get_num_threads()}"
     )
     for F, times in gemm.items():
         for name, t in times.items():
@@ -208,14 +209,15 @@ def main() -> None:
         total = sum(times.values())
         tight = B / (total - times["dL/dx     [B,F]@[D,F]^T"])
         print(
-            f"#   F={F:<6} 12*B*D*F step: {total * 1e3:.0f} ms -> {12 * B * D * F / total / 1e9:.1f} GFLOP/s, "
-            f"ideal {ideal[F]:,.0f} tok/s (10*B*D*F without dL/dx: {tight:,.0f} tok/s)"
+            f"#   F={F:<6} 12*B*D*F step: {total * 1e3:.0f} ms -> "
+            f"{12 * B * D * F / total / 1e9:.1f} GFLOP/s, ideal {ideal[F]:,.0f} tok/s "
+            f"(10*B*D*F without dL/dx: {tight:,.0f} tok/s)"
         )
 
     cpu_line, _ = monitor.report()
     print(
-        f"# SAE training step: d_in {D}, batch {B}, {args.steps} timed steps after {args.warmup} warm-up, "
-        f"{data}, saelab from {Path(saelab.__file__).parent}"
+        f"# SAE training step: d_in {D}, batch {B}, {args.steps} timed steps after "
+        f"{args.warmup} warm-up, {data}, saelab from {Path(saelab.__file__).parent}"
     )
     print(cpu_line)
     print("# (quoted from DESIGN.md, not measured here) " + PEER)
@@ -224,13 +226,16 @@ def main() -> None:
         f"# ratio = tokens/s / ideal tokens/s; the final line is topk at width {final_width}; "
         "l0 and dead (fraction of latents counted dead) are from the last step"
     )
-    header = f"{'kind':<16} {'width':>6} {'tokens/s':>9} {'ideal tok/s':>12} {'ratio':>6} {'l0':>7} {'dead':>6}"
+    header = (
+        f"{'kind':<16} {'width':>6} {'tokens/s':>9} {'ideal tok/s':>12} {'ratio':>6} "
+        f"{'l0':>7} {'dead':>6}"
+    )
     print(header)
     print("-" * len(header))
     for name, F, tok_s, ideal_s, log in rows:
         print(
-            f"{name:<16} {F:>6} {tok_s:>9,.0f} {ideal_s:>12,.0f} {tok_s / ideal_s:>6.2f} {log['l0']:>7.1f} "
-            f"{log['dead_fraction']:>6.1%}"
+            f"{name:<16} {F:>6} {tok_s:>9,.0f} {ideal_s:>12,.0f} {tok_s / ideal_s:>6.2f} "
+            f"{log['l0']:>7.1f} {log['dead_fraction']:>6.1%}"
         )
     final = [r for r in rows if r[0] == "topk" and r[1] == final_width]
     if final:

@@ -245,7 +245,7 @@ def load_model(
     hf.requires_grad_(False)
     with warnings.catch_warnings():
         # nnsight 0.8 deprecates LanguageModel for TransformersModel; it is still the
-        # class DESIGN.md names and the one nnsight's docs use for causal LMs.
+        # class saelab's API promises and the one nnsight's docs use for causal LMs.
         warnings.filterwarnings("ignore", message="LanguageModel is deprecated")
         model = LanguageModel(hf, tokenizer=tokenizer)
     model.saelab_name = (

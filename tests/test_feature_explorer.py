@@ -12,7 +12,16 @@ from nbclient import NotebookClient
 import saelab
 from saelab.activations import ActivationStore, StoreInfo
 from saelab.data import load_prompts
-from saelab.features import is_medical_piece, latent_histogram, latents_on_text, top_contexts
+from saelab.features import (
+    FeatureStats,
+    highest_share_latent,
+    is_medical_piece,
+    latent_histogram,
+    latents_on_text,
+    matching_pieces,
+    search_top_tokens,
+    top_contexts,
+)
 from saelab.widgets import FeatureExplorer
 from saelab.widgets.feature_html import show_piece
 
@@ -167,6 +176,32 @@ def test_search_lists_latents_with_that_top_token(explorer, stories, store):
     assert explorer.search_latents("  ") == []
 
 
+def test_search_top_tokens_by_hand():
+    """Latent 1 has two top tokens containing "cat", latents 0 and 3 one each (3 has the
+    larger max code), latent 4 none; latent 2 never fired (no top tokens)."""
+    pieces = [[" cat", " dog"], [" Cat", " cat", " the"], [], [" scat", " a"], [" dog"]]
+    max_act_F = torch.tensor([1.0, 0.5, 9.0, 2.0, 3.0])
+    assert search_top_tokens(pieces, "  CAT ", max_act_F) == [1, 3, 0]
+    assert search_top_tokens(pieces, "o", max_act_F) == [4, 0]  # one each: larger max code first
+    assert search_top_tokens(iter(()), " ", max_act_F) == []  # empty query reads nothing
+    assert matching_pieces([" Cat", " cat", " Cat", " dog"], "CAT") == [" Cat", " cat"]
+
+
+def test_highest_share_latent_by_hand():
+    """Latent 0 has the largest share but never fires; 1 and 2 tie on share, 2 fires more."""
+    count_F = torch.tensor([0, 2, 3, 1])
+
+    def stats(count_F):
+        zeros = torch.zeros(len(count_F))
+        top = torch.zeros(len(count_F), 1)
+        return FeatureStats(10, count_F, count_F / 10, zeros, zeros, top, top.long())
+
+    shares_F = torch.tensor([0.9, 0.5, 0.5, 0.2], dtype=torch.float64)
+    assert highest_share_latent(shares_F, stats(count_F)) == 2
+    assert highest_share_latent(shares_F, stats(torch.tensor([0, 2, 2, 1]))) == 1  # lower id
+    assert highest_share_latent(torch.zeros(4, dtype=torch.float64), stats(count_F)) is None
+
+
 def test_most_medical_picks_highest_share_then_density(explorer, stories, store):
     stats = explorer.stats
     words = sorted(
@@ -299,8 +334,8 @@ def test_renders_in_notebook(tmp_path):
                 "import saelab\nfrom saelab.widgets import FeatureExplorer\n"
                 "model = saelab.load_model('stories260k', device='cpu')\n"
                 "texts = saelab.load_corpus('medical', split='train', max_texts=60)\n"
-                "store = saelab.harvest(model, 'resid_post.2', texts, max_tokens=1024, ctx_len=64,\n"
-                "                       progress=False)\n"
+                "store = saelab.harvest(model, 'resid_post.2', texts, max_tokens=1024,\n"
+                "                       ctx_len=64, progress=False)\n"
                 "sae = saelab.make_sae('relu', 64, 128, seed=0)"
             ),
             nbformat.v4.new_code_cell(
@@ -309,7 +344,8 @@ def test_renders_in_notebook(tmp_path):
             nbformat.v4.new_code_cell(
                 "ex.latent.value = 5\nassert 'latent 5' in ex.header_html.value\n"
                 "ex.run_prompt.click()\n"
-                "assert ex.prompt_html.value.count(\"class='fe-token'\") == len(ex.prompt_tokens) > 0"
+                "shown = ex.prompt_html.value.count(\"class='fe-token'\")\n"
+                "assert shown == len(ex.prompt_tokens) > 0"
             ),
         ]
     )

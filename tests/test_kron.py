@@ -51,7 +51,8 @@ def test_mand_is_zero_off_the_positive_quadrant_with_finite_gradients(dtype):
     for grad in (a.grad, b.grad):
         assert torch.isfinite(grad).all()
         assert (grad[~both_on] == 0).all()
-    # (1e-30)² underflows to 0 in float32: products of exactly 0 with both inputs positive are covered too
+    # (1e-30)² underflows to 0 in float32: products of exactly 0 with both inputs positive
+    # are covered too
     assert (both_on & (a * b == 0)).any() == (dtype == torch.float32)
 
 
@@ -70,9 +71,7 @@ def test_latent_map_round_trips_and_matches_the_hmn_reshape():
     g, i, j = latent_to_hmn(ids, M, N)
     assert torch.equal(hmn_to_latent(g, i, j, M, N), ids)
     assert g.max() == H - 1 and i.max() == M - 1 and j.max() == N - 1
-    assert (
-        len({(a, b, c) for a, b, c in zip(g.tolist(), i.tolist(), j.tolist())}) == F
-    )  # a bijection
+    assert len(set(zip(g.tolist(), i.tolist(), j.tolist(), strict=True))) == F  # a bijection
     assert (
         latent_to_hmn(37, M, N) == (2, 0, 5) and hmn_to_latent(2, 0, 5, M, N) == 37
     )  # plain ints too
@@ -88,7 +87,8 @@ def test_latent_map_round_trips_and_matches_the_hmn_reshape():
 
 
 def reference(sae, x_BD: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mAND values, codes, reconstruction) written out in float64 from the float32 weights, head by head."""
+    """(mAND values, codes, reconstruction) written out in float64 from the float32 weights,
+    head by head."""
     P, b_P, Q, b_Q, W_dec, b_dec = (
         t.detach().double()
         for t in (sae.W_P_DHM, sae.b_P_HM, sae.W_Q_DHN, sae.b_Q_HN, sae.W_dec_FD, sae.b_dec_D)
@@ -205,7 +205,8 @@ def test_sparse_and_dense_decoders_agree_in_value_and_gradient():
 
 @pytest.mark.parametrize("with_dead", [False, True])
 def test_training_loss_matches_topk_path_through_all_mand_values(with_dead):
-    """`top_latents` (backward over the k chosen latents) against TopK's loss on `pre_acts` (over all F)."""
+    """`top_latents` (backward over the k chosen latents) against TopK's loss on `pre_acts`
+    (over all F)."""
     x = inputs(64) * 2
     dead = torch.arange(F) % 3 == 0 if with_dead else None
     results = {}

@@ -80,7 +80,8 @@ def test_resume_after_kill_gives_same_weights(tmp_path):
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from synthetic import sparse_dictionary_store\nfrom saelab.train import train_sae\n"
         "store, _ = sparse_dictionary_store(n_features=64, n=20_000)\n"
-        f"train_sae(store, checkpoint_dir={str(tmp_path / 'run')!r}, checkpoint_every=50, **{args!r})\n"
+        f"train_sae(store, checkpoint_dir={str(tmp_path / 'run')!r}, checkpoint_every=50, "
+        f"**{args!r})\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)])
     ckpt = tmp_path / "run" / "checkpoint" / "trainer.pt"

@@ -12,6 +12,7 @@ current latent whenever it changes); ``feature_html`` turns them into HTML.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import ipywidgets as widgets
@@ -20,10 +21,13 @@ import torch
 
 from saelab.data import load_prompts, token_str, vocabulary
 from saelab.features import (
+    alive_latents,
     feature_stats,
+    highest_share_latent,
     latent_histogram,
     latents_on_text,
     logit_effects,
+    search_top_tokens,
     top_contexts,
     top_token_ids,
     vocabulary_shares,
@@ -94,19 +98,17 @@ class FeatureExplorer(widgets.VBox):
 
         self.sae, self.model, self.hookpoint, self.store = sae, model, hookpoint, store
         self.top_k, self.window, self.n_bins = top_k, window, n_bins
-        self.prompt_top_k = prompt_top_k
-        self.labels = labels
-        self.vocabulary = vocabulary
+        self.prompt_top_k, self.labels, self.vocabulary = prompt_top_k, labels, vocabulary
         self.tokenizer = model.tokenizer
         self.n_latents = int(sae.cfg.width)
         self.stats = feature_stats(sae, store, top_k=top_k)
         self._top_ids = top_token_ids(self.stats, store)
         self._top_pieces: dict[int, list[str]] = {}  # latent -> its top tokens' strings
-        self._token_memo: dict[int, str] = {}
+        self._piece = functools.cache(functools.partial(token_str, self.tokenizer))  # id -> str
         self.contexts = []
         self.prompt_tokens = []
 
-        alive = (self.stats.count_F > 0).nonzero().squeeze(1).tolist()
+        alive = alive_latents(self.stats)
         first = alive[0] if alive else 0
         start = first if latent is None else self._check_latent(latent)
         self._build(start, _default_prompt() if prompt is None else prompt)
@@ -141,15 +143,7 @@ class FeatureExplorer(widgets.VBox):
         self.status = widgets.HTML()
         self.header_html = widgets.HTML()
         self.contexts_html = widgets.HTML(layout={"width": "60%"})
-        self.histogram = go.FigureWidget(
-            layout=go.Layout(
-                height=260,
-                margin={"l": 50, "r": 10, "t": 40, "b": 40},
-                bargap=0.02,
-                xaxis_title="code (non-zero)",
-                yaxis_title="tokens",
-            )
-        )
+        self.histogram = go.FigureWidget(layout=views.histogram_layout())
         self.logits_html = widgets.HTML()
         self.prompt = widgets.Textarea(
             value=prompt, description="prompt", layout={"width": "80%", "height": "60px"}
@@ -213,15 +207,8 @@ class FeatureExplorer(widgets.VBox):
     def search_latents(self, query: str) -> list[int]:
         """Latents whose top tokens contain ``query`` (case-insensitive, surrounding spaces
         ignored), most matching top tokens first, then by max code. Empty query: none."""
-        q = query.strip().lower()
-        if not q:
-            return []
-        hits = []
-        for latent in range(self.n_latents):
-            n = sum(q in piece.lower() for piece in self.top_tokens(latent))
-            if n:
-                hits.append((-n, -float(self.stats.max_act_F[latent]), latent))
-        return [latent for *_, latent in sorted(hits)]
+        pieces = (self.top_tokens(f) for f in range(self.n_latents))  # read only if searched
+        return search_top_tokens(pieces, query, self.stats.max_act_F)
 
     def medical_shares(self) -> torch.Tensor:
         """Share (float64 ``[F]``) of each latent's top tokens in the medical vocabulary
@@ -234,11 +221,7 @@ class FeatureExplorer(widgets.VBox):
     def most_medical_latent(self) -> int | None:
         """The alive latent with the largest medical share (ties: higher density); None when no
         latent has any medical top token."""
-        shares = self.medical_shares()
-        alive = (self.stats.count_F > 0).nonzero().squeeze(1).tolist()
-        if not alive or float(shares.max()) <= 0:
-            return None
-        return max(alive, key=lambda f: (float(shares[f]), float(self.stats.density_F[f]), -f))
+        return highest_share_latent(self.medical_shares(), self.stats)
 
     def show_prompt(self, text: str) -> list:
         """Render the ``prompt_top_k`` strongest latents on every token of ``text`` into
@@ -268,22 +251,9 @@ class FeatureExplorer(widgets.VBox):
     # --- internals -----------------------------------------------------------------------------
     def _draw_histogram(self, latent: int) -> None:
         hist = latent_histogram(self.sae, self.store, latent, n_bins=self.n_bins)
-        edges = hist.edges_B1.double()
-        centres = ((edges[1:] + edges[:-1]) / 2).tolist()
-        widths = (edges[1:] - edges[:-1]).tolist()
-        r, g, b = views.HIGHLIGHT_RGB
         with self.histogram.batch_update():
             self.histogram.data = ()
-            self.histogram.add_trace(
-                go.Bar(
-                    x=centres,
-                    y=hist.counts_B.tolist(),
-                    width=widths,
-                    marker_color=f"rgb({r},{g},{b})",
-                    name="tokens",
-                    hovertemplate="code %{x:.3g}<br>tokens %{y}<extra></extra>",
-                )
-            )
+            self.histogram.add_trace(views.histogram_bar(hist))
             self.histogram.layout.title.text = f"{self.latent_label(latent)}: non-zero codes"
 
     def _check_latent(self, latent: int) -> int:
@@ -294,30 +264,19 @@ class FeatureExplorer(widgets.VBox):
             )
         return latent
 
-    def _piece(self, token_id: int) -> str:
-        if token_id not in self._token_memo:
-            self._token_memo[token_id] = token_str(self.tokenizer, token_id)
-        return self._token_memo[token_id]
-
     def _on_latent(self, _change) -> None:
         self.refresh()
 
     def _on_search(self, change) -> None:
         query = change["new"]
         found = self.search_latents(query)
-        shown = found[:MAX_MATCHES]
-        options = [(f"— {len(found)} latent(s) match —", None)]
-        for f in shown:
-            hits = [p for p in self.top_tokens(f) if query.strip().lower() in p.lower()]
-            listed = ", ".join(repr(p) for p in dict.fromkeys(hits))
-            options.append((f"{self.latent_label(f)}: {listed}", f))
+        options, note = views.search_results(
+            found, query, self.top_tokens, self.latent_label, MAX_MATCHES
+        )
         with self.matches.hold_trait_notifications():
             self.matches.options = options
             self.matches.value = None
-        more = f" (first {len(shown)} listed)" if len(found) > len(shown) else ""
-        self.status.value = views.note_html(
-            f"{len(found)} latent(s) with {query!r} in their top tokens{more}"
-        )
+        self.status.value = note
 
     def _on_match(self, change) -> None:
         if change["new"] is not None:
@@ -333,9 +292,8 @@ class FeatureExplorer(widgets.VBox):
             self.status.value = views.note_html("no alive latent has a medical top token")
             return
         share = float(self.medical_shares()[best])
-        self.status.value = views.note_html(
-            f"most medical: {self.latent_label(best)} ({share:.0%} of its top tokens)"
-        )
+        note = f"most medical: {self.latent_label(best)} ({share:.0%} of its top tokens)"
+        self.status.value = views.note_html(note)
         self.latent.value = best
 
     def _on_run_prompt(self, _button=None) -> None:

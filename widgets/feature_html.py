@@ -1,5 +1,6 @@
-"""HTML views of one latent for `FeatureExplorer`: pure functions from the core's results
-(`saelab.features` NamedTuples) to HTML strings, styled by the classes of `STYLE`.
+"""Views of one latent for `FeatureExplorer`: pure functions from the core's results
+(`saelab.features` NamedTuples) to HTML strings, styled by the classes of `STYLE`, to the
+plotly bar of its code histogram, and to the search box's results.
 
 Only a token's highlight is an inline style: its opacity is the latent's code there divided
 by a reference maximum, a number per token. Class names (`fe-*`) are what tests and page
@@ -11,7 +12,16 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Sequence
 
-from saelab.features import Context, FeatureStats, LogitEffects, TokenLatents
+import plotly.graph_objects as go
+
+from saelab.features import (
+    Context,
+    FeatureStats,
+    Histogram,
+    LogitEffects,
+    TokenLatents,
+    matching_pieces,
+)
 
 #: RGB of the highlight; its opacity is the code divided by the reference maximum.
 HIGHLIGHT_RGB = (255, 140, 0)
@@ -146,8 +156,54 @@ def prompt_html(tokens: Sequence[TokenLatents], label: Callable[[int], str]) -> 
     return "<div class='fe-prompt'>" + "".join(spans) + "</div>"
 
 
+def search_results(
+    found: Sequence[int],
+    query: str,
+    top_tokens: Callable[[int], Sequence[str]],
+    label: Callable[[int], str],
+    limit: int,
+) -> tuple[list[tuple[str, int | None]], str]:
+    """The matches dropdown's options for the latents `found` by searching `query` (a count
+    line, then `label: 'piece', ...` for the first `limit`, listing their top tokens that
+    contain it) and the status line."""
+    shown = found[:limit]
+    options = [(f"— {len(found)} latent(s) match —", None)]
+    for f in shown:
+        listed = ", ".join(repr(p) for p in matching_pieces(top_tokens(f), query))
+        options.append((f"{label(f)}: {listed}", f))
+    more = f" (first {len(shown)} listed)" if len(found) > len(shown) else ""
+    return options, note_html(f"{len(found)} latent(s) with {query!r} in their top tokens{more}")
+
+
 def note_html(text: str, error: bool = False) -> str:
     """A status line: italic, or red for an error."""
     if error:
         return f"<span class='fe-error'>{html.escape(text)}</span>"
     return f"<i>{html.escape(text)}</i>"
+
+
+def histogram_layout() -> go.Layout:
+    """A fresh layout for the code histogram (its title is set per latent)."""
+    return go.Layout(
+        height=260,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        bargap=0.02,
+        xaxis_title="code (non-zero)",
+        yaxis_title="tokens",
+    )
+
+
+def histogram_bar(hist: Histogram) -> go.Bar:
+    """One bar per bin of `hist` (a `latent_histogram`), centred in its bin and as wide."""
+    edges = hist.edges_B1.double()
+    centres = ((edges[1:] + edges[:-1]) / 2).tolist()
+    widths = (edges[1:] - edges[:-1]).tolist()
+    r, g, b = HIGHLIGHT_RGB
+    return go.Bar(
+        x=centres,
+        y=hist.counts_B.tolist(),
+        width=widths,
+        marker_color=f"rgb({r},{g},{b})",
+        name="tokens",
+        hovertemplate="code %{x:.3g}<br>tokens %{y}<extra></extra>",
+    )

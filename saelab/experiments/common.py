@@ -14,7 +14,7 @@ import pandas as pd
 from saelab.activations import ActivationStore, harvest
 from saelab.data import load_corpus
 from saelab.io import write_table
-from saelab.metrics import SUMMARY_METRICS
+from saelab.metrics import SUMMARY_METRICS, evaluate
 from saelab.train import train_sae
 
 
@@ -33,14 +33,17 @@ def training_store(
         if store.info.hookpoint and store.info.hookpoint != hookpoint:
             raise ValueError(f"the store holds {store.info.hookpoint}, not {hookpoint}")
         return store
-    return harvest(
-        model,
-        hookpoint,
-        load_corpus(corpus, split="train"),
-        max_tokens=max_tokens,
-        device=device,
-        progress=progress,
-    )
+    texts = load_corpus(corpus, split="train")
+    return harvest(model, hookpoint, texts, max_tokens=max_tokens, device=device, progress=progress)
+
+
+def held_out_scores(
+    saes, model, hookpoint: str, corpus: str, eval_max_tokens: int, **evaluate_options
+):
+    """`saelab.evaluate` of `saes` on the first `eval_max_tokens` tokens of `corpus`'s test
+    split."""
+    texts = load_corpus(corpus, split="test")
+    return evaluate(saes, model, hookpoint, texts, max_tokens=eval_max_tokens, **evaluate_options)
 
 
 def timed_train(store, **train_options):

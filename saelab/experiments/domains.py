@@ -19,13 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from saelab.data import load_corpus
-from saelab.experiments.common import (
-    save_outputs,
-    summary_metrics,
-    training_store,
-)
-from saelab.metrics import evaluate
+from saelab.experiments.common import held_out_scores, save_outputs, summary_metrics, training_store
 from saelab.sae import sae_class
 from saelab.train import train_sae
 
@@ -76,6 +70,8 @@ def compare_domains(
     }
     if domain == broad:
         raise ValueError(f"the domain and broad corpora must differ; both are {domain!r}")
+    # passed to every train and evaluate
+    run = {"device": device, "progress": progress, "dtype": dtype}
     saes, specs = {}, {}
     for corpus in (domain, broad):
         store = training_store(model, hookpoint, corpus, None, max_tokens, device, progress)
@@ -84,17 +80,8 @@ def compare_domains(
                 for target_l0 in target_l0s:
                     for seed in seeds:
                         name = f"{group_name(corpus, kind, width, target_l0)}-s{seed}"
-                        sae = train_sae(
-                            store,
-                            kind=kind,
-                            width=width,
-                            seed=seed,
-                            device=device,
-                            progress=progress,
-                            dtype=dtype,
-                            **train_options,
-                            **sparsity[kind, target_l0],
-                        )
+                        options = {**train_options, **sparsity[kind, target_l0]}
+                        sae = train_sae(store, kind=kind, width=width, seed=seed, **run, **options)
                         if out is not None:
                             save_outputs(out, {name: sae})
                         saes[name] = sae
@@ -109,16 +96,7 @@ def compare_domains(
     specs_table = pd.DataFrame([{"sae": name, **spec} for name, spec in specs.items()])
     tables = []
     for corpus in (domain, broad):
-        scores = evaluate(
-            saes,
-            model,
-            hookpoint,
-            load_corpus(corpus, split="test"),
-            max_tokens=eval_max_tokens,
-            device=device,
-            progress=progress,
-            dtype=dtype,
-        )
+        scores = held_out_scores(saes, model, hookpoint, corpus, eval_max_tokens, **run)
         tables.append(specs_table.merge(scores, on="sae").assign(evaluated_on=corpus))
     table = pd.concat(tables, ignore_index=True)
     table = table[[*SPEC_COLUMNS, *summary_metrics(table)]]

@@ -14,9 +14,7 @@ import pandas as pd
 import torch
 
 from saelab.activations import ActivationStore
-from saelab.data import load_corpus
-from saelab.experiments.common import save_outputs, summary_metrics, training_store
-from saelab.metrics import evaluate
+from saelab.experiments.common import held_out_scores, save_outputs, summary_metrics, training_store
 from saelab.sae import sae_class
 from saelab.train import train_residual, train_sae
 
@@ -68,14 +66,9 @@ def compare_residual(
             )
         only_option = sae_class(base.cfg.kind).sparsity_option(base.target_l0 + target_l0)
     store = training_store(model, hookpoint, domain, store, max_tokens, device, progress)
-    common = {
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "device": device,
-        "progress": progress,
-        "dtype": dtype,
-        **train_options,
-    }
+    # passed to every train and evaluate
+    run = {"device": device, "progress": progress, "dtype": dtype}
+    common = {"max_tokens": max_tokens, "seed": seed, **run, **train_options}
     saes = {"base": base}
     roles = {"base": ("base", 0)}
     for width in widths:
@@ -94,16 +87,8 @@ def compare_residual(
         save_outputs(out, {name: sae for name, sae in saes.items() if name != "base"})
     tables = []
     for corpus in (domain, broad):
-        scores = evaluate(
-            saes,
-            model,
-            hookpoint,
-            load_corpus(corpus, split="test"),
-            max_tokens=eval_max_tokens,
-            linear=False,
-            device=device,
-            progress=progress,
-            dtype=dtype,
+        scores = held_out_scores(
+            saes, model, hookpoint, corpus, eval_max_tokens, linear=False, **run
         )
         scores["evaluated_on"] = corpus
         base_row = scores[scores["sae"] == "base"].iloc[0]

@@ -16,14 +16,13 @@ import pandas as pd
 import torch
 
 from saelab.activations import ActivationStore
-from saelab.data import load_corpus
 from saelab.experiments.common import (
+    held_out_scores,
     save_outputs,
     summary_metrics,
     timed_train,
     training_store,
 )
-from saelab.metrics import evaluate
 from saelab.sae.kron import KronConfig
 
 HIERARCHICAL_SPEC = ["sae", "kind", "width", "k"]
@@ -62,13 +61,13 @@ def compare_hierarchical(
     """
     ks = sorted(int(k) for k in ks)
     store = training_store(model, hookpoint, trained_on, store, max_tokens, device, progress)
+    # passed to every train and evaluate
+    run = {"device": device, "progress": progress, "dtype": dtype}
     common = {
         "width": width,
         "max_tokens": max_tokens,
         "seed": seed,
-        "device": device,
-        "progress": progress,
-        "dtype": dtype,
+        **run,
         **train_options,
     }
     saes, seconds, kinds, hierarchical = {}, {}, {}, {}
@@ -87,16 +86,8 @@ def compare_hierarchical(
     if out is not None:
         topks = {name: sae for name, sae in saes.items() if kinds[name][0] == "topk"}
         save_outputs(out, {**hierarchical, **topks})
-    table = evaluate(
-        saes,
-        model,
-        hookpoint,
-        load_corpus(evaluated_on, split="test"),
-        max_tokens=eval_max_tokens,
-        linear=False,
-        device=device,
-        progress=progress,
-        dtype=dtype,
+    table = held_out_scores(
+        saes, model, hookpoint, evaluated_on, eval_max_tokens, linear=False, **run
     )
     table["kind"] = [kinds[n][0] for n in table["sae"]]
     table["k"] = [kinds[n][1] for n in table["sae"]]
@@ -112,15 +103,15 @@ def compare_kron(
     model,
     hookpoint: str,
     trained_on: str = "medical",
-    store: ActivationStore | None = None,
     evaluated_on: str = "medical",
+    store: ActivationStore | None = None,
     widths=(4608, 18432),
     k: int = 32,
     head_shapes=(None,),
-    max_tokens: int = 200_000,
-    eval_max_tokens: int = 8192,
     seed: int = 0,
     out: str | Path | None = None,
+    max_tokens: int = 200_000,
+    eval_max_tokens: int = 8192,
     device=None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
@@ -138,16 +129,16 @@ def compare_kron(
     a shared machine: compare within one table).
     """
     store = training_store(model, hookpoint, trained_on, store, max_tokens, device, progress)
+    # passed to every train and evaluate
+    run = {"device": device, "progress": progress, "dtype": dtype}
     saes, seconds = {}, {}
     for width in widths:
         common = {
             "width": width,
             "max_tokens": max_tokens,
             "seed": seed,
-            "device": device,
-            "progress": progress,
             "k": k,
-            "dtype": dtype,
+            **run,
             **train_options,
         }
         saes[f"topk-w{width}"], seconds[f"topk-w{width}"] = timed_train(
@@ -160,16 +151,8 @@ def compare_kron(
             saes[name], seconds[name] = sae, sec
     if out is not None:
         save_outputs(out, saes)
-    table = evaluate(
-        saes,
-        model,
-        hookpoint,
-        load_corpus(evaluated_on, split="test"),
-        max_tokens=eval_max_tokens,
-        linear=False,
-        device=device,
-        progress=progress,
-        dtype=dtype,
+    table = held_out_scores(
+        saes, model, hookpoint, evaluated_on, eval_max_tokens, linear=False, **run
     )
     cfgs = [saes[name].cfg for name in table["sae"]]
     table["kind"] = [c.kind for c in cfgs]

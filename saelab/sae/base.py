@@ -35,9 +35,7 @@ class SAEConfig:
     hookpoint: str = ""
     model: str = ""
     input_scale: float = 1.0  # s folded into the weights; 1.0 means "raw units" all along
-    decoder_bias: bool = (
-        True  # False: b_dec is a zero buffer, not learned (residual SAEs, METHODS.md)
-    )
+    decoder_bias: bool = True  # False: b_dec is a zero buffer, not learned (residual SAEs)
     training: dict = field(default_factory=dict)  # the TrainConfig a trainer used, for the record
 
     def to_dict(self) -> dict:
@@ -124,6 +122,7 @@ class SAE(nn.Module):
         False  # True: built from trained SAEs (residual), not trained as one
     )
     training_defaults: ClassVar[dict] = {}  # `train_sae` options this kind trains best with
+    sparsity_field: ClassVar[str | None] = None  # the config field that sets the L0 (k, target_l0)
 
     @property
     def lr_scale(self) -> dict[str, float]:
@@ -157,6 +156,10 @@ class SAE(nn.Module):
     @classmethod
     def sparsity_option(cls, target_l0: float) -> dict:
         """The `train_sae` option that asks this kind for L0 `target_l0` (`{"k": 32}`, ...)."""
+        if cls.sparsity_field == "k":
+            return {"k": int(target_l0)}
+        if cls.sparsity_field is not None:
+            return {cls.sparsity_field: target_l0}
         raise ValueError(
             f"a {cls.kind} SAE has no option that sets its L0; kinds that have one: "
             "jumprelu (target_l0), topk, batchtopk, hierarchical_topk, kron (k)"
@@ -165,7 +168,7 @@ class SAE(nn.Module):
     @property
     def target_l0(self) -> float | None:
         """The L0 this SAE was asked for (None when its kind has no such option)."""
-        return None
+        return None if self.sparsity_field is None else getattr(self.cfg, self.sparsity_field)
 
     def encoder_multiply_adds(self) -> int:
         """Encoder multiply-adds per token (FLOPs are twice this): `F·d` for a dense encoder."""

@@ -15,7 +15,7 @@ import torch
 
 from saelab.sae.base import SAE, LossOutput, TrainContext, fires, sq_error
 from saelab.sae.registry import register
-from saelab.sae.topk import TopKConfig, auxk_loss, scatter_codes, use_sparse_decoder
+from saelab.sae.topk import TopKConfig, auxk_loss, scatter_codes
 
 
 @dataclass
@@ -38,13 +38,7 @@ class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
     kind = "batchtopk"
 
-    @classmethod
-    def sparsity_option(cls, target_l0: float) -> dict:
-        return {"k": int(target_l0)}
-
-    @property
-    def target_l0(self) -> float:
-        return self.cfg.k
+    sparsity_field = "k"
 
     def __init__(self, cfg: BatchTopKConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__(cfg, seed=seed, dtype=dtype)
@@ -77,14 +71,7 @@ class BatchTopKSAE(SAE):
         self.update_threshold(f_BF, ctx.step)
         x_hat_BD = self.decode(f_BF)
         mse = sq_error(x_BD, x_hat_BD)
-        aux = auxk_loss(
-            self,
-            pre_BF,
-            (x_BD - x_hat_BD).detach(),
-            ctx.dead_F,
-            self.cfg.k_aux,
-            use_sparse_decoder(self.cfg, self.cfg.k_aux),
-        )
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F)
         active_BF = fires(f_BF)
         return LossOutput(
             mse + self.cfg.aux_coef * aux,

@@ -21,14 +21,7 @@ import torch.nn.functional as F
 
 from saelab.sae.base import LossOutput, TrainContext, sq_error
 from saelab.sae.registry import register
-from saelab.sae.topk import (
-    TopKConfig,
-    TopKSAE,
-    auxk_loss,
-    decode_topk,
-    topk_loss_output,
-    use_sparse_decoder,
-)
+from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, topk_loss_output
 
 
 @dataclass
@@ -127,26 +120,15 @@ class HierarchicalTopKSAE(TopKSAE):
         if self.cfg.gram_loss:
             loss = hierarchical_loss_gram(self.W_dec_FD, self.b_dec_D, x_BD, values_BK, idx_BK, ks)
             with torch.no_grad():  # the full x_hat only feeds AuxK and the log
-                x_hat_BD = (
-                    decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg))
-                    + self.b_dec_D
-                )
+                x_hat_BD = self.decode_kept(values_BK, idx_BK)
             mse = sq_error(x_BD, x_hat_BD)
         else:
-            cols = (
-                ks if ks[-1] == self.cfg.k else [*ks, self.cfg.k]
-            )  # the full x_hat feeds AuxK and the log
+            # the full x_hat (j = K) feeds AuxK and the log
+            cols = ks if ks[-1] == self.cfg.k else [*ks, self.cfg.k]
             x_hat_BJD = partial_reconstructions(
                 self.W_dec_FD, self.b_dec_D, values_BK, idx_BK, cols
             )
             per_k_J = (x_hat_BJD - x_BD.unsqueeze(1)).pow(2).sum(-1).mean(0)
             loss, mse, x_hat_BD = per_k_J[: len(ks)].mean(), per_k_J[-1], x_hat_BJD[:, -1]
-        aux = auxk_loss(
-            self,
-            pre_BF,
-            (x_BD - x_hat_BD).detach(),
-            ctx.dead_F,
-            self.cfg.k_aux,
-            use_sparse_decoder(self.cfg, self.cfg.k_aux),
-        )
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F)
         return topk_loss_output(self.cfg, loss, mse, aux, values_BK, idx_BK)

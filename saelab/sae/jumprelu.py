@@ -107,13 +107,7 @@ class JumpReLUSAE(SAE):
     # resid_post.15: L0 44 vs 93 at 150k tokens, target 40).
     training_defaults = {"batch_size": 256, "lr": 1e-3}
 
-    @classmethod
-    def sparsity_option(cls, target_l0: float) -> dict:
-        return {"target_l0": target_l0}
-
-    @property
-    def target_l0(self) -> float | None:
-        return self.cfg.target_l0
+    sparsity_field = "target_l0"
 
     def __init__(self, cfg: JumpReLUConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__(cfg, seed=seed, dtype=dtype)

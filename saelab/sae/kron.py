@@ -22,14 +22,7 @@ from torch import nn
 
 from saelab.sae.base import LossOutput, TrainContext, sq_error
 from saelab.sae.registry import register
-from saelab.sae.topk import (
-    TopKConfig,
-    TopKSAE,
-    auxk_loss,
-    decode_topk,
-    topk_loss_output,
-    use_sparse_decoder,
-)
+from saelab.sae.topk import TopKConfig, TopKSAE, auxk_loss, topk_loss_output
 
 HEAD_SIZE = 64  # kron_shape's preferred m·n per head: m = n = 8, a quarter of TopK's encoder work
 
@@ -63,7 +56,7 @@ class KronConfig(TopKConfig):
 
 
 def mand(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Smooth AND: `√(a·b)` where `a > 0` and `b > 0`, else 0 (METHODS.md's reading of the paper).
+    """Smooth AND: `√(a·b)` where `a > 0` and `b > 0`, else 0 (docs/methods.md, "KronSAE").
 
     Computed as `√a⁺ · √b⁺` (equal to `√(a·b)` on the positive quadrant, 0 off it): the square
     roots then run on the broadcast factors, `[B, h, m, 1]` and `[B, h, 1, n]`, and only one
@@ -200,21 +193,11 @@ class KronSAE(TopKSAE):
         by the full `[B, F]` mAND values (with their gradient, O(B·F) as for TopK)."""
         u_BHM, v_BHN = self.head_acts(x_BD)
         values_BK, idx_BK = self.top_latents(u_BHM, v_BHN, self.cfg.k)
-        x_hat_BD = (
-            decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg))
-            + self.b_dec_D
-        )
+        x_hat_BD = self.decode_kept(values_BK, idx_BK)
         mse = sq_error(x_BD, x_hat_BD)
         aux = mse.new_zeros(())
-        if ctx.dead_F is not None and bool(ctx.dead_F.any()):
-            aux = auxk_loss(
-                self,
-                outer_mand(u_BHM, v_BHN),
-                (x_BD - x_hat_BD).detach(),
-                ctx.dead_F,
-                self.cfg.k_aux,
-                use_sparse_decoder(self.cfg, self.cfg.k_aux),
-            )
+        if ctx.dead_F is not None and bool(ctx.dead_F.any()):  # only then the [B, F] mAND values
+            aux = auxk_loss(self, outer_mand(u_BHM, v_BHN), (x_BD - x_hat_BD).detach(), ctx.dead_F)
         return topk_loss_output(self.cfg, mse, mse, aux, values_BK, idx_BK)
 
     @torch.no_grad()

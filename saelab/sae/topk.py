@@ -70,24 +70,20 @@ def decode_topk(
     return scatter_codes(values_BK, idx_BK, W_dec_FD.shape[0]) @ W_dec_FD
 
 
-def auxk_loss(
-    sae: SAE,
-    pre_BF: torch.Tensor,
-    err_BD: torch.Tensor,
-    dead_F: torch.Tensor | None,
-    k_aux: int,
-    sparse: bool = True,
-):
-    """`||e - e_hat||^2 / ||e - mean e||^2` where the top dead latents reconstruct `e` (no bias).
+def auxk_loss(sae: SAE, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None):
+    """`||e - e_hat||^2 / ||e - mean e||^2` where the top `cfg.k_aux` dead latents reconstruct
+    `e` (no bias), decoded by the path `use_sparse_decoder` picks for k_aux.
 
-    Scaled by `min(n_dead / k_aux, 1)` as METHODS.md says; zero when nothing is dead.
+    Scaled by `min(n_dead / k_aux, 1)` (docs/methods.md, "TopK and AuxK"); zero when nothing
+    is dead.
     """
     if dead_F is None or not bool(dead_F.any()):
         return pre_BF.new_zeros(())
+    k_aux = sae.cfg.k_aux
     n_dead = int(dead_F.sum())
-    k = min(k_aux, n_dead)
     dead_pre_BF = pre_BF.masked_fill(~dead_F, float("-inf"))
-    values_BK, idx_BK = dead_pre_BF.topk(k, dim=-1, sorted=False)
+    values_BK, idx_BK = dead_pre_BF.topk(min(k_aux, n_dead), dim=-1, sorted=False)
+    sparse = use_sparse_decoder(sae.cfg, k_aux)
     e_hat_BD = decode_topk(sae.W_dec_FD, values_BK.relu(), idx_BK, sparse)
     denom = (err_BD - err_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
     return min(n_dead / k_aux, 1.0) * sq_error(err_BD, e_hat_BD) / denom
@@ -137,13 +133,7 @@ class TopKSAE(SAE):
     config_class = TopKConfig
     kind = "topk"
 
-    @classmethod
-    def sparsity_option(cls, target_l0: float) -> dict:
-        return {"k": int(target_l0)}
-
-    @property
-    def target_l0(self) -> float:
-        return self.cfg.k
+    sparsity_field = "k"
 
     def at_k(self, k: int) -> AtK:
         """This SAE keeping the top `k` latents per token (`evaluate(..., ks=[...])` uses it)."""
@@ -168,20 +158,18 @@ class TopKSAE(SAE):
         f_BF = self.encode(x_BD, k)
         return SAEOutput(self.decode(f_BF), f_BF)
 
-    def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
-        pre_BF = self.pre_acts(x_BD)
-        values_BK, idx_BK = topk_codes(pre_BF, self.cfg.k)
-        x_hat_BD = (
+    def decode_kept(self, values_BK: torch.Tensor, idx_BK: torch.Tensor) -> torch.Tensor:
+        """`x_hat` `[B, D]` from the kept codes (values, latent ids), by the decoder path
+        `use_sparse_decoder` picks."""
+        return (
             decode_topk(self.W_dec_FD, values_BK, idx_BK, use_sparse_decoder(self.cfg))
             + self.b_dec_D
         )
+
+    def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
+        pre_BF = self.pre_acts(x_BD)
+        values_BK, idx_BK = topk_codes(pre_BF, self.cfg.k)
+        x_hat_BD = self.decode_kept(values_BK, idx_BK)
         mse = sq_error(x_BD, x_hat_BD)
-        aux = auxk_loss(
-            self,
-            pre_BF,
-            (x_BD - x_hat_BD).detach(),
-            ctx.dead_F,
-            self.cfg.k_aux,
-            use_sparse_decoder(self.cfg, self.cfg.k_aux),
-        )
+        aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F)
         return topk_loss_output(self.cfg, mse, mse, aux, values_BK, idx_BK)

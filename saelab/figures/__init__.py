@@ -1,0 +1,50 @@
+"""Every plotly figure of saelab, and the self-contained HTML report (opens offline).
+
+Plain functions returning `plotly.graph_objects.Figure`, so notebooks, the dashboards and
+`saelab quickstart`'s report show the same pictures: `one_sae` holds those of one SAE
+(training curves, firing and decoder-redundancy histograms, a metrics table) and
+`write_report`; `comparisons` the papers' comparisons of SAEs (a metric against L0 or encoder
+cost, the error split, residual retention).
+"""
+
+from saelab.figures.comparisons import (
+    CORPUS_COLORS,
+    KIND_COLORS,
+    KIND_DASHES,
+    LINES,
+    LOWER_IS_BETTER,
+    WIDTH_SYMBOLS,
+    ce_figure,
+    error_bars_figure,
+    pareto_figure,
+    retention_figure,
+    seed_summary,
+)
+from saelab.figures.one_sae import (
+    density_histogram,
+    l0_histogram,
+    metrics_table,
+    redundancy_figure,
+    training_curves,
+    write_report,
+)
+
+__all__ = [
+    "CORPUS_COLORS",
+    "KIND_COLORS",
+    "KIND_DASHES",
+    "LINES",
+    "LOWER_IS_BETTER",
+    "WIDTH_SYMBOLS",
+    "ce_figure",
+    "density_histogram",
+    "error_bars_figure",
+    "l0_histogram",
+    "metrics_table",
+    "pareto_figure",
+    "redundancy_figure",
+    "retention_figure",
+    "seed_summary",
+    "training_curves",
+    "write_report",
+]
