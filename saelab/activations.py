@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from saelab.data import pack
 from saelab.interventions import read_hookpoints
 from saelab.io import atomic_folder
-from saelab.models import d_model, model_device, parse_hookpoint
+from saelab.models import Hookpoint, d_model, model_device, parse_hookpoint
 
 SINK_FACTOR = 10.0
 MMAP_DTYPES = {
@@ -210,7 +210,7 @@ def _mmap_tensor(path: Path, name: str) -> np.memmap:
 @torch.no_grad()
 def harvest(
     model,
-    hookpoints: str | list[str],
+    hookpoints: str | Hookpoint | list[str],
     texts: list[str] | torch.Tensor,
     max_tokens: int = 200_000,
     ctx_len: int = 128,
@@ -231,8 +231,9 @@ def harvest(
     sub-folder per hookpoint) and reopened memory-mapped. `device`: where the model runs
     (default: where its weights are).
     """
-    names = [hookpoints] if isinstance(hookpoints, str) else list(hookpoints)
-    parsed = [parse_hookpoint(model, n) for n in names]
+    single = isinstance(hookpoints, str | Hookpoint)
+    parsed = [parse_hookpoint(model, h) for h in ([hookpoints] if single else hookpoints)]
+    names = [str(h) for h in parsed]
     if dtype not in (torch.float32, torch.float16) and cache is not None:
         raise ValueError(f"a cached store holds float32 or float16 activations, not {dtype}")
     tokens_CT = (
@@ -282,4 +283,4 @@ def harvest(
             folder = Path(cache) / name if len(names) > 1 else Path(cache)
             store = ActivationStore.load(store.save(folder))
         stores[name] = store
-    return stores[names[0]] if isinstance(hookpoints, str) else stores
+    return stores[names[0]] if single else stores

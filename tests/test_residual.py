@@ -182,3 +182,21 @@ def test_bad_residuals_are_refused(tmp_path):
     (tmp_path / "res" / "med" / "sae.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="sae.safetensors"):
         load_sae(tmp_path / "res")
+
+
+def test_residual_sae_is_an_sae_with_kind_knowledge():
+    """A ResidualSAE is an `SAE` (so every SAE consumer takes it); what it reports about itself
+    is the sum over its blocks."""
+    from saelab.sae import SAE
+
+    base = make_sae("topk", 16, 32, k=2)
+    residual = make_sae("topk", 16, 8, k=3, decoder_bias=False)
+    sae = ResidualSAE(base, [residual], ["medical"])
+    assert isinstance(sae, SAE)
+    assert sae.encoder_multiply_adds() == (32 + 8) * 16
+    assert sae.target_l0 == 2 + 3
+    assert (
+        sae.latent_label(33) == "medical latent 1 (#33)"
+        and sae.latent_label(3) == "base latent 3 (#3)"
+    )
+    assert ResidualSAE(make_sae("relu", 16, 32), [residual], ["medical"]).target_l0 is None

@@ -174,7 +174,7 @@ def evaluate(
     # Phase 1: the kept activations, then every SAE over them.
     store = harvest(
         model,
-        str(hp),
+        hp,
         tokens_CT,
         max_tokens=tokens_CT.numel(),
         batch_size=batch_size,
