@@ -45,15 +45,27 @@ def execution_order(hookpoints: Sequence[Hookpoint]) -> list[int]:
 
 @torch.no_grad()
 def read_hookpoints(
-    model, hookpoints: Sequence[str | Hookpoint], ids_BT: torch.Tensor
+    model, hookpoints: Sequence[str | Hookpoint], ids_BT: torch.Tensor, edits: Sequence[Edit] = ()
 ) -> list[torch.Tensor]:
     """The outputs `[B, T, D]` of `hookpoints` on `ids_BT`, in the order given; one trace that
-    stops after the deepest, so no layer above it (nor the LM head) runs."""
+    stops after the deepest, so no layer above it (nor the LM head) runs.
+
+    With `edits`, the model runs edited and the reads see the result: an edit at or below a
+    read hookpoint changes what is read (at the same hookpoint, the edited output is read).
+    """
     parsed = [parse_hookpoint(model, h) for h in hookpoints]
+    # (hookpoint, is_read, index), edits listed first: the stable sort keeps an edit before a
+    # read of the same hookpoint
+    steps = [(e.hookpoint, False, i) for i, e in enumerate(edits)]
+    steps += [(h, True, i) for i, h in enumerate(parsed)]
+    steps = [steps[i] for i in execution_order([hp for hp, _, _ in steps])]
     saved: list = [None] * len(parsed)
     with model.trace(ids_BT) as tracer:
-        for i in execution_order(parsed):
-            saved[i] = first_tensor(hook_module(model, parsed[i]).output).save()
+        for hookpoint, is_read, i in steps:
+            if is_read:
+                saved[i] = first_tensor(hook_module(model, hookpoint).output).save()
+            else:
+                _apply(model, edits[i])
         tracer.stop()
     return [s if s.dim() == 3 else s.unsqueeze(0) for s in saved]
 

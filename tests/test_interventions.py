@@ -125,3 +125,38 @@ def test_position_masks_are_refused_during_generation(stories):
     edit = interventions.add_direction(stories, "resid_post.2", torch.ones(64), 1.0, positions=keep)
     with pytest.raises(ValueError, match="positions=None"):
         interventions.generate(stories, torch.tensor([[1, 2, 3]]), [edit], max_new_tokens=2)
+
+
+def test_reads_after_edits_see_the_edited_model(stories, medical_tokens):
+    d = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    keep = torch.zeros(medical_tokens.shape, dtype=torch.bool)
+    keep[:, 10] = True
+    edit = interventions.add_direction(stories, "resid_post.1", d, 5.0, positions=keep)
+    names = ["resid_post.3", "resid_post.1", "resid_post.0"]
+    got = interventions.read_hookpoints(stories, names, medical_tokens, [edit])
+    seen = {}
+
+    def record(name, add):
+        def fn(h):
+            h = h.clone()
+            if add:
+                h[keep] += 5.0 * d
+            seen[name] = h.clone()
+            return h
+
+        return fn
+
+    hooked_logits(
+        stories,
+        medical_tokens,
+        {
+            "resid_post.0": record("resid_post.0", False),
+            "resid_post.1": record("resid_post.1", True),
+            "resid_post.3": record("resid_post.3", False),
+        },
+    )
+    for name, acts in zip(names, got, strict=True):
+        torch.testing.assert_close(acts, seen[name], atol=1e-5, rtol=0)
+    clean = interventions.read_hookpoints(stories, ["resid_post.3"], medical_tokens)[0]
+    assert (got[0][:, 10] - clean[:, 10]).abs().max() > 1e-2  # the edit reached layer 3
+    torch.testing.assert_close(got[0][:, :10], clean[:, :10], atol=1e-5, rtol=0)  # causal
