@@ -137,3 +137,39 @@ def test_assignment_is_the_best_permutation():
     cos = unit[0] @ unit[1].T
     best = max(itertools.permutations(range(5)), key=lambda q: sum(cos[i, q[i]] for i in range(5)))
     assert perm.tolist() == list(best)
+
+
+def test_train_layer_saes_from_one_aligned_harvest(stories, medical_texts, tmp_path):
+    from saelab.flow import layer_hookpoints, load_layer_saes, save_layer_saes, train_layer_saes
+
+    names = layer_hookpoints([2, 1])
+    assert names == [
+        "resid_post.0",
+        "attn_out.1",
+        "mlp_out.1",
+        "resid_post.1",
+        "attn_out.2",
+        "mlp_out.2",
+        "resid_post.2",
+    ]
+    stores = saelab.harvest(
+        stories,
+        names,
+        medical_texts,
+        max_tokens=2048,
+        ctx_len=64,
+        cache=tmp_path / "cache",
+        dtype=torch.float16,
+        progress=False,
+    )
+    saes = train_layer_saes(
+        stories, [1, 2], stores=stores, width=32, k=2, batch_size=128, progress=False
+    )
+    assert list(saes) == names and all(saes[n].cfg.hookpoint == n for n in names)
+    again = load_layer_saes(save_layer_saes(saes, tmp_path / "saes"), model=stories)
+    assert all(torch.equal(again[n].W_dec_FD, saes[n].W_dec_FD) for n in names)
+    assert match(again, 2).index_FP.shape == (32, 3)
+    with pytest.raises(ValueError, match="layers >= 1"):
+        layer_hookpoints([0, 1])
+    with pytest.raises(ValueError, match="lack"):
+        train_layer_saes(stories, [3], stores=stores, width=32, k=2)
