@@ -310,3 +310,28 @@ def test_summarize_sweep_bootstrap_intervals():
         assert math.isnan(fixed.strength) and fixed.topic_score_lo == fixed.topic_score_hi == 0.5
     assert widths[1] == pytest.approx(2 * 1.96 * values_P.std() / math.sqrt(400), rel=0.1)
     assert widths[1] < widths[0] / 3  # ~1/sqrt(50) expected
+
+
+def test_topic_feature_is_the_one_promoting_the_lexicon(stories):
+    """Plant a decoder row along one token's unembedding: it promotes that token most."""
+    from saelab.features import logit_effects
+
+    sae = saelab.make_sae("topk", 64, 32, k=2, seed=0)
+    W_U = stories._module.get_output_embeddings().weight.detach()
+    tokenizer = stories.tokenizer
+    target = next(
+        i
+        for i in range(300, 512)
+        if steer.words(tokenizer.decode([i])) and len(steer.words(tokenizer.decode([i]))[0]) > 3
+    )
+    word = steer.words(tokenizer.decode([target]))[0]
+    with torch.no_grad():
+        sae.W_dec_FD[7] = W_U[target] / W_U[target].norm()
+    ids = steer.promoted_token_ids(sae, stories, top_k=5)
+    for f in (0, 7, 31):  # the same order as logit_effects computes one feature at a time
+        assert logit_effects(sae, stories, f, top_k=5).promoted == [
+            saelab.data.token_str(tokenizer, i) for i in ids[f].tolist()
+        ]
+    feature, score = steer.topic_feature(sae, stories, {word}, top_k=5)
+    assert feature == 7 and score >= 0.2
+    assert steer.lexicon_scores(sae, stories, {"zzzz"}, top_k=5).sum() == 0

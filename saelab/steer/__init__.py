@@ -38,6 +38,7 @@ from saelab.steer.sweep import (
     topic_score,
     words,
 )
+from saelab.steer.topics import lexicon_scores, promoted_token_ids, topic_feature
 
 __all__ = [
     "METRICS",
@@ -50,14 +51,17 @@ __all__ = [
     "generate_ids",
     "generated_ce",
     "layer_strengths",
+    "lexicon_scores",
     "load_lexicon",
     "plan_edits",
     "promote",
+    "promoted_token_ids",
     "prompt_ids",
     "random_control",
     "summarize_sweep",
     "suppress",
     "sweep",
+    "topic_feature",
     "topic_score",
     "typical_activation",
     "unit_direction",
