@@ -1,4 +1,5 @@
-"""The `saelab` command. `saelab quickstart` is the README's main job."""
+"""The `saelab` command. `saelab quickstart` is the README's main job; `saelab flow` and
+`saelab steer` (cross-layer feature flow and steering) live in `saelab.commands`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from saelab.commands import flow as flow_command
+from saelab.commands import steer as steer_command
 
 
 def quickstart_metrics() -> list[str]:
@@ -117,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--target-l0", type=float, default=40.0)
     qs.add_argument("--seed", type=int, default=0)
     qs.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    flow_command.add_parser(sub)
+    steer_command.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command != "quickstart":
+        return args.run(args)
 
     if args.command == "quickstart":
         metrics = quickstart(

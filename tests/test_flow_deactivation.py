@@ -20,9 +20,10 @@ def saes(stories, medical_texts):
     stores = saelab.harvest(
         stories, HOOKS, medical_texts, max_tokens=8192, ctx_len=64, progress=False
     )
+    # one seed per hookpoint: a shared seed starts every SAE from the same decoder
     return {
-        h: saelab.train_sae(stores[h], kind="topk", width=128, k=4, batch_size=128, progress=False)
-        for h in HOOKS
+        h: saelab.train_sae(stores[h], "topk", 128, k=4, batch_size=128, seed=i, progress=False)
+        for i, h in enumerate(HOOKS)
     }
 
 

@@ -52,6 +52,7 @@ def train_layer_saes(
     device=None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    seed: int = 0,
     **train_options,
 ) -> dict:
     """`{hookpoint: SAE}` for `layer_hookpoints(layers, sites)`, each an SAE of `kind` and
@@ -59,6 +60,10 @@ def train_layer_saes(
 
     `stores` (an aligned dict from one `saelab.harvest`) is used as given; otherwise the first
     `max_tokens` tokens of `corpus`'s train split are harvested once for all hookpoints.
+    Hookpoint `i` (in `layer_hookpoints` order) trains with seed `seed + i`: with one seed every
+    SAE of a width would start from the same random decoder, and matching would pair feature
+    `j` with feature `j` of the next layer (95% of top-1 matches on stories260K, 0.8% with
+    distinct seeds).
     """
     names = layer_hookpoints(layers, sites)
     if stores is None:
@@ -77,17 +82,10 @@ def train_layer_saes(
     missing = [name for name in names if name not in stores]
     if missing:
         raise ValueError(f"the stores lack {missing}; harvest {names} in one call")
+    run = {"device": device, "dtype": dtype, "progress": progress}
     return {
-        name: train_sae(
-            stores[name],
-            kind=kind,
-            width=width,
-            device=device,
-            dtype=dtype,
-            progress=progress,
-            **train_options,
-        )
-        for name in names
+        name: train_sae(stores[name], kind=kind, width=width, seed=seed + i, **run, **train_options)
+        for i, name in enumerate(names)
     }
 
 
