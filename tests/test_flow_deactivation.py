@@ -33,9 +33,10 @@ def block(stories, saes):
     return harvest_layer(stories, saes, 2, texts, max_tokens=1024, ctx_len=64)
 
 
-def hand_target_code(stories, block, case, source, features, r):
-    """The target's code after `h_t += (r-1)·Σ a_j W_dec[j]` at the source, by forward hooks."""
-    p = HOOKS.index(source) - 1
+def hand_target_code(stories, block, case, p, features, r):
+    """The target's code after `h_t += (r-1)·Σ a_j W_dec[j]` at source `p` (res, mlp, att),
+    by forward hooks on the plain module."""
+    source = block.hookpoints[p + 1]
     sae = block.saes[p + 1]
     store = block.stores[0]
     ctx, pos = int(store.context_N[case.row]), int(store.position_N[case.row])
@@ -55,7 +56,7 @@ def hand_target_code(stories, block, case, source, features, r):
 
     handles = [
         hook_module(hf, parse_hookpoint(stories, source)).register_forward_hook(edit),
-        hook_module(hf, parse_hookpoint(stories, HOOKS[1])).register_forward_hook(read),
+        hook_module(hf, parse_hookpoint(stories, block.hookpoints[0])).register_forward_hook(read),
     ]
     try:
         with torch.no_grad():
@@ -74,8 +75,9 @@ def test_removal_matches_forward_hooks_and_r1_changes_nothing(stories, saes, blo
         target_after(stories, block, cases, picks, 1.0), torch.tensor([c.z_old for c in cases])
     )
     z_new = target_after(stories, block, cases, picks, 0.0)
-    for case, (p, features), z in list(zip(cases, picks, z_new.tolist(), strict=True))[:8]:
-        expected = hand_target_code(stories, block, case, HOOKS[p + 1], features, 0.0)
+    assert len({p for p, _ in picks}) > 1  # edits at more than one kind of source are checked
+    for case, (p, features), z in zip(cases, picks, z_new.tolist(), strict=True):
+        expected = hand_target_code(stories, block, case, p, features, 0.0)
         assert z == pytest.approx(expected, abs=1e-4)
     assert (z_new < torch.tensor([c.z_old for c in cases])).any()  # the removal bites
 
