@@ -39,11 +39,12 @@ def generate_ids(
     seed: int = 0,
     n_samples: int = 1,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(prompt ids `[1, T]`, one `[T + n_new]` id tensor per sample, prompt included, on CPU).
-    Generation may stop before `max_new_tokens` at the end-of-text token."""
+    """(prompt ids `[1, T]`, one `[T + max_new_tokens]` id tensor per sample, prompt included,
+    on CPU). Exactly `max_new_tokens` are generated (end-of-text is held off until then), so
+    samples compare at equal length and the edits cover every decoding step."""
     ids_1T = prompt_ids(model, prompt)
     edits = plan_edits(model, plan)
-    options = {"do_sample": do_sample}
+    options = {"do_sample": do_sample, "min_new_tokens": max_new_tokens}
     if do_sample:
         options.update(temperature=temperature, top_p=top_p)
     pad = model.tokenizer.pad_token_id
