@@ -68,17 +68,8 @@ def train_layer_saes(
     names = layer_hookpoints(layers, sites)
     if stores is None:
         texts = load_corpus(corpus, split="train")
-        stores = harvest(
-            model,
-            names,
-            texts,
-            max_tokens=max_tokens,
-            ctx_len=ctx_len,
-            cache=cache,
-            dtype=cache_dtype,
-            device=device,
-            progress=progress,
-        )
+        where = {"cache": cache, "dtype": cache_dtype, "device": device, "progress": progress}
+        stores = harvest(model, names, texts, max_tokens=max_tokens, ctx_len=ctx_len, **where)
     missing = [name for name in names if name not in stores]
     if missing:
         raise ValueError(f"the stores lack {missing}; harvest {names} in one call")

@@ -61,22 +61,13 @@ def generate_ids(
 
 
 def generate(
-    model,
-    prompt: str,
-    plan: Sequence[SteeringTerm] = (),
-    max_new_tokens: int = 36,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    n_samples: int = 1,
+    model, prompt: str, plan: Sequence[SteeringTerm] = (), max_new_tokens: int = 36, **options
 ) -> list[str]:
-    """The new text of `n_samples` generations from `prompt` with `plan` applied on every
-    token (prompt and generated), decoded without special tokens. Greedy by default; with
-    `do_sample` sample `i` is drawn after `torch.manual_seed(seed + i)`. The paper's setting:
-    prompt "I think ", 36 new tokens, `top_p=0.7`, `temperature=1.27`."""
-    ids_1T, samples = generate_ids(
-        model, prompt, plan, max_new_tokens, do_sample, temperature, top_p, seed, n_samples
-    )
+    """The new text of each generation from `prompt` with `plan` applied on every token
+    (prompt and generated), decoded without special tokens. `options` are `generate_ids`'s
+    (`do_sample=False`, `temperature`, `top_p`, `seed`, `n_samples`):
+    greedy by default; with `do_sample` sample `i` is drawn after `torch.manual_seed(seed + i)`.
+    The paper's setting: prompt "I think ", 36 new tokens, `top_p=0.7`, `temperature=1.27`."""
+    ids_1T, samples = generate_ids(model, prompt, plan, max_new_tokens, **options)
     start = ids_1T.shape[1]
     return [model.tokenizer.decode(s[start:], skip_special_tokens=True) for s in samples]
