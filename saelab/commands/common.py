@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import saelab
+
 SEED_SPEC = re.compile(r"([a-z_]+)\.(\d+):(\d+)")
 
 
@@ -140,3 +142,11 @@ class Phases:
         width = max(map(len, self.seconds), default=0)
         lines = [f"  {name:<{width}}  {s:8.1f} s" for name, s in self.seconds.items()]
         return "\n".join(["wall time per phase:", *lines])
+
+
+def harvest_split(model, hookpoints, args, split: str, max_tokens: int, **options):
+    """One aligned harvest of `hookpoints` on `args.corpus`'s `split` (`args.ctx_len` contexts)."""
+    texts = saelab.load_corpus(args.corpus, split=split)
+    return saelab.harvest(
+        model, hookpoints, texts, max_tokens=max_tokens, ctx_len=args.ctx_len, **options
+    )

@@ -20,6 +20,7 @@ from saelab.commands.common import (
     check_layers,
     fail,
     fit_model,
+    harvest_split,
     load_saes,
     parse_layers,
 )
@@ -185,14 +186,9 @@ def run(args) -> int:
     check_layers("flow", layers, model)
     if saes is None:
         with phases(f"harvest {args.max_tokens:,} train tokens at {len(names)} hookpoints"):
-            train_stores = saelab.harvest(
-                model,
-                names,
-                saelab.load_corpus(args.corpus, split="train"),
-                max_tokens=args.max_tokens,
-                ctx_len=args.ctx_len,
-                cache=args.cache,
-                dtype=torch.float16 if args.float16_cache else torch.float32,
+            cache_dtype = torch.float16 if args.float16_cache else torch.float32
+            train_stores = harvest_split(
+                model, names, args, "train", args.max_tokens, cache=args.cache, dtype=cache_dtype
             )
         with phases(f"train {len(names)} {args.kind} SAEs of width {args.width}"):
             saes = flow.train_layer_saes(
@@ -211,14 +207,7 @@ def run(args) -> int:
         saes = fit_model("flow", saes, model, args.saes)
     test_texts = saelab.load_corpus(args.corpus, split="test")
     with phases(f"harvest {args.eval_max_tokens:,} held-out tokens"):
-        stores = saelab.harvest(
-            model,
-            names,
-            test_texts,
-            max_tokens=args.eval_max_tokens,
-            ctx_len=args.ctx_len,
-            progress=False,
-        )
+        stores = harvest_split(model, names, args, "test", args.eval_max_tokens, progress=False)
     with phases(f"predecessor groups and null at layers {layers}"):
         observed, null = layer_groups(saes, layers, stores, args)
     deactivation = {}

@@ -19,6 +19,7 @@ from saelab.commands.common import (
     arg_type,
     fail,
     fit_model,
+    harvest_split,
     load_saes,
     parse_seed,
 )
@@ -103,13 +104,8 @@ def run(args) -> int:
     except ValueError as err:
         fail("steer", str(err))
     with phases(f"typical codes on {args.eval_max_tokens:,} held-out tokens"):
-        stores = saelab.harvest(
-            model,
-            hookpoints,
-            saelab.load_corpus(args.corpus, split="test"),
-            max_tokens=args.eval_max_tokens,
-            ctx_len=args.ctx_len,
-            progress=False,
+        stores = harvest_split(
+            model, hookpoints, args, "test", args.eval_max_tokens, progress=False
         )
         typical = {h: typical_activation(saes[h], stores[h]) for h in hookpoints}
     plan = from_graph(graph, saes, args.strength, args.schedule, args.layer, typical)
