@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from synthetic import mean_best_cosine, sparse_dictionary_store
+from synthetic import kron_pre_acts, mean_best_cosine, sparse_dictionary_store
 
 from saelab.sae import make_sae
 from saelab.sae.base import TrainContext
@@ -89,18 +89,8 @@ def test_latent_map_round_trips_and_matches_the_hmn_reshape():
 def reference(sae, x_BD: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mAND values, codes, reconstruction) written out in float64 from the float32 weights,
     head by head."""
-    P, b_P, Q, b_Q, W_dec, b_dec = (
-        t.detach().double()
-        for t in (sae.W_P_DHM, sae.b_P_HM, sae.W_Q_DHN, sae.b_Q_HN, sae.W_dec_FD, sae.b_dec_D)
-    )
-    x = x_BD.double() - b_dec
-    pre = torch.zeros(len(x), F, dtype=torch.float64)
-    for g in range(H):
-        u = (x @ P[:, g * M : (g + 1) * M] + b_P[g * M : (g + 1) * M]).clamp_min(0)
-        v = (x @ Q[:, g * N : (g + 1) * N] + b_Q[g * N : (g + 1) * N]).clamp_min(0)
-        for i in range(M):
-            for j in range(N):
-                pre[:, g * M * N + i * N + j] = (u[:, i] * v[:, j]).sqrt()
+    W_dec, b_dec = sae.W_dec_FD.detach().double(), sae.b_dec_D.detach().double()
+    pre = kron_pre_acts(sae, x_BD)
     f = torch.zeros_like(pre)
     for b in range(len(pre)):
         top = pre[b].argsort(descending=True)[:k]

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from synthetic import kron_pre_acts
 
 import saelab
 from saelab.sae import SAE_KINDS, load_sae, make_sae
@@ -48,22 +49,6 @@ def perturbed(kind: str, **options):
 
 def inputs(n: int = 32, seed: int = 3) -> torch.Tensor:
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
-
-
-def kron_pre_acts(sae, x_BD: torch.Tensor) -> torch.Tensor:
-    """KronSAE's mAND values in float64, latent by latent: sqrt(u_i v_j) of head g's u and v."""
-    P, Q, b_P, b_Q, b_dec = (
-        t.detach().double() for t in (sae.W_P_DHM, sae.W_Q_DHN, sae.b_P_HM, sae.b_Q_HN, sae.b_dec_D)
-    )
-    x = x_BD.double() - b_dec
-    pre = torch.zeros(len(x), F, dtype=torch.float64)
-    for g in range(H):
-        u = (x @ P[:, g * M : (g + 1) * M] + b_P[g * M : (g + 1) * M]).clamp_min(0)
-        v = (x @ Q[:, g * N : (g + 1) * N] + b_Q[g * N : (g + 1) * N]).clamp_min(0)
-        for i in range(M):
-            for j in range(N):
-                pre[:, g * M * N + i * N + j] = (u[:, i] * v[:, j]).sqrt()
-    return pre
 
 
 def reference_codes(sae, x_BD: torch.Tensor) -> torch.Tensor:
