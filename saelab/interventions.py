@@ -109,10 +109,15 @@ def generate(
     some tutorials write, steers nothing after the prompt). `generate_options` go to the
     model's `generate` (`do_sample`, `temperature`, `top_p`, ...). Position masks only fit
     the prompt's forward, so edits during generation must have `positions=None`.
+
+    Exactly `max_new_tokens` are generated (`min_new_tokens` holds end-of-text off): the edit
+    loop is bounded by that count, and in nnsight 0.8 a run that stops early leaves the loop
+    waiting for steps that never come, so nothing after it (the result) would run.
     """
     if any(e.positions is not None for e in edits):
         raise ValueError("edits during generation apply to every position: pass positions=None")
     order = execution_order([e.hookpoint for e in edits])
+    generate_options = {"min_new_tokens": max_new_tokens, **generate_options}
     with model.generate(ids_1T, max_new_tokens=max_new_tokens, **generate_options) as tracer:
         # A bounded loop: code after an unbounded `tracer.all()` never runs in nnsight 0.8.
         for _step in tracer.iter[:max_new_tokens]:

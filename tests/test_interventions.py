@@ -160,3 +160,16 @@ def test_reads_after_edits_see_the_edited_model(stories, medical_tokens):
     clean = interventions.read_hookpoints(stories, ["resid_post.3"], medical_tokens)[0]
     assert (got[0][:, 10] - clean[:, 10]).abs().max() > 1e-2  # the edit reached layer 3
     torch.testing.assert_close(got[0][:, :10], clean[:, :10], atol=1e-5, rtol=0)  # causal
+
+
+def test_generation_runs_its_full_length_past_end_of_text(stories):
+    """Name the greedy first token end-of-text: generation still returns exactly
+    max_new_tokens new ids (end-of-text is held off) instead of leaving nnsight's bounded step
+    loop waiting for steps that never come."""
+    ids = torch.tensor([[1, 400, 300]])
+    first = int(interventions.logits(stories, ids)[0, -1].argmax())
+    edit = interventions.add_direction(stories, "resid_post.2", torch.ones(64), 0.0)
+    out = interventions.generate(
+        stories, ids, [edit], max_new_tokens=6, do_sample=False, eos_token_id=first
+    )
+    assert out.shape == (1, 3 + 6) and first not in out[0, 3:].tolist()

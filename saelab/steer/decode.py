@@ -40,11 +40,11 @@ def generate_ids(
     n_samples: int = 1,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(prompt ids `[1, T]`, one `[T + max_new_tokens]` id tensor per sample, prompt included,
-    on CPU). Exactly `max_new_tokens` are generated (end-of-text is held off until then), so
-    samples compare at equal length and the edits cover every decoding step."""
+    on CPU). Exactly `max_new_tokens` are generated (`interventions.generate` holds
+    end-of-text off), so samples compare at equal length."""
     ids_1T = prompt_ids(model, prompt)
     edits = plan_edits(model, plan)
-    options = {"do_sample": do_sample, "min_new_tokens": max_new_tokens}
+    options = {"do_sample": do_sample}
     if do_sample:
         options.update(temperature=temperature, top_p=top_p)
     pad = model.tokenizer.pad_token_id
