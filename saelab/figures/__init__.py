@@ -5,7 +5,8 @@ Plain functions returning `plotly.graph_objects.Figure`, so notebooks, the dashb
 (training curves, firing and decoder-redundancy histograms, a metrics table) and
 `write_report`; `comparisons` the papers' comparisons of SAEs (a metric against L0 or encoder
 cost, the error split, residual retention); `flow` those of cross-layer feature flow and
-steering (group shares per layer, deactivation, the steering frontier, flow graphs).
+steering (group shares per layer, deactivation, the steering frontier, flow graphs);
+`export.save` writes any of them as PDF, PNG, SVG (kaleido, system Chromium) or HTML.
 """
 
 from saelab.figures.comparisons import (
@@ -21,6 +22,7 @@ from saelab.figures.comparisons import (
     retention_figure,
     seed_summary,
 )
+from saelab.figures.export import BrowserNotFoundError, save
 from saelab.figures.flow import (
     deactivation_figure,
     deactivation_sweep_figure,
@@ -40,6 +42,7 @@ from saelab.figures.one_sae import (
 )
 
 __all__ = [
+    "BrowserNotFoundError",
     "CORPUS_COLORS",
     "KIND_COLORS",
     "KIND_DASHES",
@@ -60,6 +63,7 @@ __all__ = [
     "pareto_figure",
     "redundancy_figure",
     "retention_figure",
+    "save",
     "seed_summary",
     "steering_frontier_figure",
     "training_curves",
