@@ -1,4 +1,5 @@
-"""MetricsDashboard over a synthetic compare_domains table: traces, table, controls, notebook."""
+"""MetricsDashboard over a synthetic compare_domains table (traces, table, controls, notebook),
+two kinds kept apart, and the table `saelab.evaluate` returns."""
 
 import itertools
 
@@ -6,16 +7,27 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import HOOK
 from nbclient import NotebookClient
 
+import saelab
 from saelab.metrics import SUMMARY_METRICS
 from saelab.widgets import MetricsDashboard
-from saelab.widgets.metrics_dashboard import REQUIRED_COLUMNS
 
 CORPORA = ("broad", "medical")
 WIDTHS = (64, 128)
 TARGET_L0S = (8, 16, 32)
 SEEDS = (0, 1)
+COLUMNS = [
+    "sae",
+    "kind",
+    "trained_on",
+    "evaluated_on",
+    "width",
+    "seed",
+    "target_l0",
+    *SUMMARY_METRICS,
+]
 
 
 def synthetic_table(seed: int = 0) -> pd.DataFrame:
@@ -36,7 +48,7 @@ def synthetic_table(seed: int = 0) -> pd.DataFrame:
             row.update({m: float(rng.random()) for m in SUMMARY_METRICS})
             row["l0"] = target * (1 + 0.1 * rng.random())
             rows.append(row)
-    return pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS))
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def expected_lines(table, metric, evaluated_on):
@@ -154,16 +166,98 @@ def test_single_seed_has_zero_error_bars():
         assert list(trace.error_y.array) == [0.0] * len(TARGET_L0S)
 
 
-def test_missing_columns_and_empty_table_raise():
+def test_missing_metrics_leave_the_dropdown_and_bad_tables_raise():
     table = synthetic_table()
-    with pytest.raises(ValueError, match="missing columns: kl, dead_fraction"):
-        MetricsDashboard(table.drop(columns=["dead_fraction", "kl"]))
-    with pytest.raises(ValueError, match="missing columns: target_l0"):
+    dash = MetricsDashboard(table.drop(columns=["dead_fraction", "kl"]))
+    assert "kl" not in dash.metric.options and "dead_fraction" not in dash.metric.options
+    with pytest.raises(ValueError, match="unknown metric 'kl'"):
+        MetricsDashboard(table.drop(columns=["kl"]), metric="kl")
+    with pytest.raises(ValueError, match="needs an 'l0' column and at least one metric"):
+        MetricsDashboard(table[["sae", "kind", "l0"]])
+    with pytest.raises(ValueError, match="with seeds needs a 'target_l0'"):
         MetricsDashboard(table.rename(columns={"target_l0": "l0_target"}))
     with pytest.raises(ValueError, match="empty"):
         MetricsDashboard(table.iloc[:0])
     with pytest.raises(ValueError, match="unknown metric"):
         MetricsDashboard(table, metric="accuracy")
+    with pytest.raises(ValueError, match="no rows evaluated on 'code'"):
+        MetricsDashboard(table, evaluated_on="code")
+
+
+def test_opens_on_the_domain_set_with_classes_and_whole_labels():
+    dash = MetricsDashboard(synthetic_table())
+    assert dash.evaluated_on.value == "medical"  # not "broad", which sorts first
+    assert MetricsDashboard(synthetic_table(), evaluated_on="broad").evaluated_on.value == "broad"
+    classes = {
+        "saelab-md-metric": dash.metric,
+        "saelab-md-evaluated-on": dash.evaluated_on,
+        "saelab-md-trained-on": dash.trained_on,
+        "saelab-md-kind": dash.kinds,
+        "saelab-md-widths": dash.widths,
+        "saelab-md-figure": dash.figure,
+    }
+    for css, widget in classes.items():
+        assert css in widget._dom_classes
+    assert dash.evaluated_on.style.description_width == "initial"  # "evaluated on" not cut
+
+
+def two_kinds_table() -> pd.DataFrame:
+    """TopK at FVU ~0.8 and JumpReLU at ~0.2, same corpus, width, target L0s and seeds."""
+    rows = []
+    for kind, fvu in (("topk", 0.8), ("jumprelu", 0.2)):
+        for target, s in itertools.product(TARGET_L0S, SEEDS):
+            row = {"sae": f"medical-{kind}-w64-l0_{target}-s{s}", "kind": kind}
+            row.update(trained_on="medical", evaluated_on="medical", width=64, seed=s)
+            row.update({m: 0.5 for m in SUMMARY_METRICS})
+            row.update(target_l0=target, l0=float(target), fvu=fvu + 0.01 * s + 0.001 * target)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_two_kinds_stay_two_lines_and_the_kind_selector_filters():
+    dash = MetricsDashboard(two_kinds_table())
+    assert set(dash.kinds.options) == {"topk", "jumprelu"}
+    lines = {t.name: t for t in dash.figure.data}
+    assert set(lines) == {"medical · topk · w64", "medical · jumprelu · w64"}
+    for kind, fvu in (("topk", 0.8), ("jumprelu", 0.2)):
+        trace = lines[f"medical · {kind} · w64"]
+        # seed mean of fvu + 0.01 * seed over seeds 0 and 1, at each target (= L0)
+        np.testing.assert_allclose(trace.y, [fvu + 0.005 + 0.001 * t for t in TARGET_L0S])
+        assert list(trace.customdata) == [2, 2, 2]  # seeds of this kind only
+        assert "seeds %{customdata}" in trace.hovertemplate
+    dash.kinds.value = ("jumprelu",)
+    assert [t.name for t in dash.figure.data] == ["medical · jumprelu · w64"]
+    assert dash.figure.layout.showlegend is True  # one line left keeps its legend
+    assert dash.table_html.value.count("<td>jumprelu</td>") == len(TARGET_L0S) * len(SEEDS)
+    assert "<td>topk</td>" not in dash.table_html.value
+
+
+def test_renders_the_table_evaluate_returns(stories, medical_tokens):
+    d = stories._module.config.hidden_size
+    topk = saelab.make_sae("topk", d, 256, seed=0, k=8)
+    jump = saelab.make_sae("jumprelu", d, 128, seed=1)
+    table = saelab.evaluate([topk, jump], stories, HOOK, medical_tokens, progress=False)
+    assert "kind" not in table.columns and "trained_on" not in table.columns
+    dash = MetricsDashboard(table)
+    lines = {t.name: t for t in dash.figure.data}
+    assert set(lines) == {"unknown · topk · w256", "unknown · jumprelu · w128"}
+    for name, trace in zip(
+        ("topk-256", "jumprelu-128"),
+        (lines["unknown · topk · w256"], lines["unknown · jumprelu · w128"]),
+        strict=True,
+    ):
+        row = table.set_index("sae").loc[name]
+        assert list(trace.y) == [row["fvu"]] and list(trace.x) == [row["l0"]]
+    assert dash.evaluated_on.value == "unknown"
+
+    named = {"mine": topk}
+    renamed = saelab.evaluate(named, stories, HOOK, medical_tokens, ce=False, progress=False)
+    with pytest.raises(ValueError, match="width of SAE 'mine'.*saes="):
+        MetricsDashboard(renamed)
+    dash = MetricsDashboard(renamed, saes=named)
+    assert [t.name for t in dash.figure.data] == ["unknown · topk · w256"]
+    assert dash.figure.layout.showlegend is True
+    assert "ce_loss_recovered" not in dash.metric.options  # ce=False: no CE columns
 
 
 def test_renders_in_notebook(tmp_path):

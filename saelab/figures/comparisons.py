@@ -151,6 +151,12 @@ def pareto_figure(
                 bar = {"type": "data", "visible": True, "thickness": 1}
                 style["error_x"] = {**bar, "array": line["x_std"].tolist()}
                 style["error_y"] = {**bar, "array": line["y_std"].tolist()}
+                # seeds of this line's setting only: the summary groups by kind too
+                style["customdata"] = line["n_seeds"].tolist()
+                style["hovertemplate"] = (
+                    f"%{{text}}<br>{x} %{{x:.4g}}<br>{metric} %{{y:.4g}}"
+                    "<br>seeds %{customdata}<extra></extra>"
+                )
             fig.add_trace(
                 go.Scatter(
                     x=line["x_"],
