@@ -212,6 +212,11 @@ def test_one_sae_figures():
     assert [list(t.y) for t in curves.data] == [
         [h[k] for h in history] for k in ("fvu", "l0", "dead_fraction")
     ]
+    assert curves.layout.yaxis3.range == (0, 0.55)  # from 0 to 1.1 x the largest (0.5)
+    no_dead = figures.training_curves([{**h, "dead_fraction": 0.0} for h in history])
+    assert no_dead.layout.yaxis3.range == (0, 0.01)  # not plotly's [-1, 1] for all zeros
+    all_dead = figures.training_curves([{**h, "dead_fraction": 1.0} for h in history])
+    assert all_dead.layout.yaxis3.range == (0, 1.0)
     l0 = figures.l0_histogram(torch.tensor([3, 4, 5, 6]))
     assert l0.layout.title.text == "L0 per token (mean 4.5)"
     density_F = torch.tensor([0.0, 0.1, 0.0, 0.01, 0.001], dtype=torch.float64)

@@ -19,7 +19,8 @@ from saelab.io import write_text
 
 
 def training_curves(history: list[dict]) -> go.Figure:
-    """FVU, L0 and dead fraction against training tokens."""
+    """FVU, L0 and dead fraction against training tokens (the dead fraction on [0, 1.1 max],
+    at least [0, 0.01])."""
     tokens = [h["tokens"] for h in history]
     fig = make_subplots(rows=1, cols=3, subplot_titles=("FVU (batch)", "L0", "dead fraction"))
     for col, key in enumerate(("fvu", "l0", "dead_fraction"), start=1):
@@ -30,6 +31,9 @@ def training_curves(history: list[dict]) -> go.Figure:
         )
         fig.update_xaxes(title_text="training tokens", row=1, col=col)
     fig.update_yaxes(type="log", row=1, col=1)
+    # a share: from 0, never the [-1, 1] plotly picks when every value is 0
+    dead = max((h["dead_fraction"] for h in history), default=0.0)
+    fig.update_yaxes(range=[0, min(1.0, max(0.01, 1.1 * dead))], row=1, col=3)
     fig.update_layout(title="Training curves", showlegend=False, height=340)
     return fig
 
