@@ -1,41 +1,42 @@
 """Interactive per-latent explorer of a trained SAE over a harvested activation store.
 
 ``FeatureExplorer(sae, model, hookpoint, store)`` is an ``ipywidgets.VBox``: end a notebook
-cell with it to pick a latent (by id, by searching its top-activating tokens, or with the
-"most medical" button) and see its header (density, mean and max code), its top contexts
-with every window token highlighted by the latent's code there, a plotly histogram of its
-non-zero codes and the tokens its decoder direction promotes and suppresses. A prompt box
-shows the strongest latents on every token of a free text. Every number comes from
-``saelab.features`` (``feature_stats`` runs once at construction, the other views for the
-current latent whenever it changes); ``feature_html`` turns them into HTML.
+cell with it to pick a latent (by id, previous / next / random, by searching its top tokens,
+or with the "most medical" button) and see the panels of sae_vis and Neuronpedia's feature
+pages: density and code histogram, top contexts and samples from quantile bins (each
+token's code on hover), top and bottom logits with their histogram, and the nearest
+features by decoder cosine; a prompt box shades a typed prompt by the selected latent and
+ranks the latents on one of its tokens (ids clickable). ``saelab.features.FeatureIndex``
+encodes the store once (tqdm bar), so a latent change is a lookup; ``feature_html`` and
+``feature_panels`` turn its ``LatentView`` into HTML.
 """
 
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Callable, Mapping
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
-import torch
 
 from saelab.data import load_prompts, token_str, vocabulary
 from saelab.features import (
-    alive_latents,
-    feature_stats,
+    FeatureIndex,
     highest_share_latent,
-    latent_histogram,
-    latents_on_text,
-    logit_effects,
+    informative_latent,
+    prompt_codes,
+    rank_latents,
     search_top_tokens,
-    top_contexts,
     top_token_ids,
     vocabulary_shares,
 )
+from saelab.features.prompt import TokenLatents
 from saelab.models import parse_hookpoint
 from saelab.sae import check_fits
 
 from . import feature_html as views
+from . import feature_panels as panels
+from .feature_layout import build_layout, wire_events
 
 MAX_MATCHES = 200  # search results listed in the dropdown (a common piece matches thousands)
 
@@ -51,20 +52,23 @@ class FeatureExplorer(widgets.VBox):
     """Per-latent views of ``sae`` over ``store`` (harvested at ``hookpoint`` of ``model``).
 
     Arguments: ``store`` an ``ActivationStore`` of the hookpoint (``saelab.harvest``);
-    ``top_k`` top contexts per latent (and tokens per logit list); ``window`` neighbours each
-    side of a context; ``latent`` the first latent shown (default: the lowest-numbered alive
-    one); ``labels`` a mapping or callable latent -> label used in headers (default:
-    ``sae.latent_label``); ``vocabulary`` the medical words for the "most medical" button
-    (default: ``saelab.data.vocabulary("medical")``, read when first needed); ``prompt`` the
-    prompt box's starting text (default: the first medical prompt); ``prompt_top_k`` latents
-    listed per prompt token.
+    ``top_k`` top contexts per latent (and tokens per logit list); ``window`` neighbours at
+    least each side of a context (grown to whole words); ``latent`` the first latent shown
+    (default: ``saelab.features.informative_latent``, the most frequent latent firing on
+    under 1% of the tokens); ``k`` serve a TopK-family SAE (e.g. HierarchicalTopK) at this
+    sparsity; ``neighbour_saes`` name -> SAE searched for nearest features (e.g. a flow's
+    layer SAEs; default: this SAE); ``labels`` a mapping or callable latent -> label
+    (default: ``sae.latent_label``, which names a residual SAE's block); ``vocabulary`` the
+    words of the "most medical" button; ``prompt`` the prompt box's text; ``prompt_top_k``
+    latents listed per prompt token; ``progress`` a tqdm bar while indexing.
 
-    Attributes: ``latent`` (BoundedIntText), ``search`` (Text), ``matches`` (Dropdown of
-    ``(label, latent)``; picking one sets ``latent``), ``most_medical`` (Button), ``status``,
-    ``header_html``, ``contexts_html``, ``logits_html``, ``prompt_html`` (ipywidgets.HTML),
-    ``histogram`` (plotly FigureWidget), ``prompt`` (Textarea), ``run_prompt`` (Button),
-    ``stats`` (the ``FeatureStats``), ``contexts`` (the current latent's ``Context`` list) and
-    ``prompt_tokens`` (the last ``latents_on_text`` result).
+    Attributes: controls ``latent`` (IntText: an id out of range shows an ``fe-error`` and
+    keeps the view), ``prev``, ``next``, ``random``, ``search``, ``matches``,
+    ``most_medical``, ``prompt``, ``run_prompt``, ``prompt_position`` (the token ranked);
+    views ``status``, ``header_html``, ``contexts_html``, ``quantiles_html``, ``histogram``,
+    ``logits_html``, ``neighbours_html``, ``prompt_html``, ``prompt_rank_html`` (all
+    ipywidgets.HTML); data ``index`` (``FeatureIndex``), ``stats``, ``view`` (the shown
+    ``LatentView``), ``contexts``, ``prompt_codes`` and ``prompt_tokens``.
     """
 
     def __init__(
@@ -74,14 +78,17 @@ class FeatureExplorer(widgets.VBox):
         hookpoint: str,
         store,
         top_k: int = 10,
-        window: int = 4,
+        window: int = 8,
         *,
         latent: int | None = None,
+        k: int | None = None,
+        neighbour_saes: Mapping[str, object] | None = None,
         labels: Mapping[int, str] | Callable[[int], str] | None = None,
         vocabulary: set[str] | None = None,
         prompt: str | None = None,
         n_bins: int = 30,
-        prompt_top_k: int = 5,
+        prompt_top_k: int = 10,
+        progress: bool = True,
     ):
         parse_hookpoint(model, hookpoint)  # clear error for an unknown hookpoint
         check_fits(
@@ -93,83 +100,35 @@ class FeatureExplorer(widgets.VBox):
             )
         if len(store) == 0:
             raise ValueError("the store is empty")
-        if top_k < 1 or window < 0:
-            raise ValueError(f"need top_k >= 1 and window >= 0, got top_k={top_k}, window={window}")
-
         self.sae, self.model, self.hookpoint, self.store = sae, model, hookpoint, store
+        self.encoder = sae if k is None else sae.at_k(k)
+        self.index = FeatureIndex(
+            self.encoder,
+            model,
+            store,
+            top_k=top_k,
+            window=window,
+            n_bins=n_bins,
+            neighbour_saes={"this SAE": sae, **(neighbour_saes or {})},
+            progress=progress,
+            decoder=sae,
+        )
         self.top_k, self.window, self.n_bins = top_k, window, n_bins
         self.prompt_top_k, self.labels, self.vocabulary = prompt_top_k, labels, vocabulary
         self.tokenizer = model.tokenizer
         self.n_latents = int(sae.cfg.width)
-        self.stats = feature_stats(sae, store, top_k=top_k)
+        self.stats = self.index.stats
         self._top_ids = top_token_ids(self.stats, store)
         self._top_pieces: dict[int, list[str]] = {}  # latent -> its top tokens' strings
-        self._piece = functools.cache(functools.partial(token_str, self.tokenizer))  # id -> str
-        self.contexts = []
-        self.prompt_tokens = []
-
-        alive = alive_latents(self.stats)
-        first = alive[0] if alive else 0
-        start = first if latent is None else self._check_latent(latent)
-        self._build(start, _default_prompt() if prompt is None else prompt)
+        self._piece = functools.cache(functools.partial(token_str, self.tokenizer))
+        self._rng = random.Random(0)
+        self.view, self.contexts, self.prompt_codes, self.prompt_tokens = None, [], None, []
+        start = informative_latent(self.stats) if latent is None else self._check_latent(latent)
+        self._shown = start
+        children = build_layout(self, start, _default_prompt() if prompt is None else prompt)
+        super().__init__(children=children)
+        wire_events(self)
         self.refresh()
-
-    def _build(self, start: int, prompt: str) -> None:
-        """Create the controls and views, lay them out and wire their events."""
-        self.latent = widgets.BoundedIntText(
-            value=start,
-            min=0,
-            max=self.n_latents - 1,
-            description="latent",
-            layout={"width": "180px"},
-        )
-        self.search = widgets.Text(
-            placeholder="token text…",
-            description="search",
-            continuous_update=False,
-            layout={"width": "260px"},
-        )
-        self.matches = widgets.Dropdown(
-            options=[("— search top tokens —", None)],
-            value=None,
-            description="matches",
-            layout={"width": "360px"},
-        )
-        self.most_medical = widgets.Button(
-            description="most medical",
-            icon="stethoscope",
-            tooltip="alive latent with the largest share of medical top tokens",
-        )
-        self.status = widgets.HTML()
-        self.header_html = widgets.HTML()
-        self.contexts_html = widgets.HTML(layout={"width": "60%"})
-        self.histogram = go.FigureWidget(layout=views.histogram_layout())
-        self.logits_html = widgets.HTML()
-        self.prompt = widgets.Textarea(
-            value=prompt, description="prompt", layout={"width": "80%", "height": "60px"}
-        )
-        self.run_prompt = widgets.Button(description="show latents", icon="play")
-        self.prompt_html = widgets.HTML()
-
-        controls = widgets.HBox([self.latent, self.search, self.matches, self.most_medical])
-        side = widgets.VBox([self.histogram, self.logits_html], layout={"width": "40%"})
-        super().__init__(
-            children=[
-                widgets.HTML(views.STYLE),
-                controls,
-                self.status,
-                self.header_html,
-                widgets.HBox([self.contexts_html, side]),
-                widgets.HTML("<h4>Latents on a prompt</h4>"),
-                widgets.HBox([self.prompt, self.run_prompt]),
-                self.prompt_html,
-            ]
-        )
-        self.latent.observe(self._on_latent, names="value")
-        self.search.observe(self._on_search, names="value")
-        self.matches.observe(self._on_match, names="value")
-        self.most_medical.on_click(self._on_most_medical)
-        self.run_prompt.on_click(self._on_run_prompt)
 
     # --- public API ----------------------------------------------------------------------------
     @property
@@ -184,7 +143,7 @@ class FeatureExplorer(widgets.VBox):
         self._medical_shares = None
 
     def latent_label(self, latent: int) -> str:
-        """The label of ``latent`` in headers: from ``labels`` if given, else the SAE's own
+        """The label of ``latent``: from ``labels`` if given, else the SAE's own
         (``"latent 12"``, or ``"medical latent 12 (#4620)"`` for a residual SAE)."""
         latent = int(latent)
         if callable(self.labels):
@@ -210,7 +169,7 @@ class FeatureExplorer(widgets.VBox):
         pieces = (self.top_tokens(f) for f in range(self.n_latents))  # read only if searched
         return search_top_tokens(pieces, query, self.stats.max_act_F)
 
-    def medical_shares(self) -> torch.Tensor:
+    def medical_shares(self):
         """Share (float64 ``[F]``) of each latent's top tokens in the medical vocabulary
         (``saelab.features.vocabulary_shares``); 0 for dead latents."""
         if self._medical_shares is None:
@@ -223,38 +182,67 @@ class FeatureExplorer(widgets.VBox):
         latent has any medical top token."""
         return highest_share_latent(self.medical_shares(), self.stats)
 
-    def show_prompt(self, text: str) -> list:
-        """Render the ``prompt_top_k`` strongest latents on every token of ``text`` into
-        ``prompt_html`` (one ``<span class="fe-token">`` per token) and return them."""
-        tokens = latents_on_text(
-            self.sae, self.model, self.hookpoint, text, top_k=self.prompt_top_k
-        )
-        self.prompt_tokens = tokens
-        self.prompt_html.value = views.prompt_html(tokens, self.latent_label)
-        return tokens
+    def show_prompt(self, text: str) -> list[TokenLatents]:
+        """Run ``text`` through the model once: shade its tokens by the selected latent
+        (``prompt_html``), rank the latents on its strongest token (``prompt_rank_html``) and
+        return the ``prompt_top_k`` strongest latents of every token."""
+        codes = prompt_codes(self.encoder, self.model, self.hookpoint, text)
+        self.prompt_codes = codes
+        self.prompt_tokens = [
+            TokenLatents(tok, rank_latents(c_F, self.prompt_top_k), bool(kept))
+            for tok, c_F, kept in zip(codes.tokens, codes.codes_TF, codes.kept_T, strict=True)
+        ]
+        options = [(f"{t}: {show!r}", t) for t, show in enumerate(codes.tokens)]
+        chosen = panels.strongest_position(codes)
+        self.prompt_codes = None  # no redraw while the options change
+        self.prompt_position.options = options
+        self.prompt_position.value = chosen
+        self.prompt_codes = codes
+        self._draw_prompt()
+        return self.prompt_tokens
+
+    def rank_on_token(self, position: int) -> list[tuple[int, float]]:
+        """The ``prompt_top_k`` latents with the largest codes on prompt token ``position``."""
+        return rank_latents(self.prompt_codes.codes_TF[position], self.prompt_top_k)
 
     def refresh(self) -> None:
-        """Redraw every view of the current latent."""
+        """Redraw every view of the current latent (what a latent change runs)."""
         latent = int(self.latent.value)
-        self.contexts = top_contexts(
-            self.stats, self.store, self.tokenizer, latent, window=self.window, sae=self.sae
-        )
+        self._shown = latent
+        self.view = view = self.index.view(latent)
+        self.contexts = view.contexts
+        stats = self.stats
         self.header_html.value = views.header_html(
-            self.stats, latent, self.latent_label(latent), self.n_latents
+            stats, latent, self.latent_label(latent), self.n_latents
         )
-        reference = float(self.stats.max_act_F[latent])
-        self.contexts_html.value = views.contexts_html(self.contexts, reference)
-        self._draw_histogram(latent)
-        effects = logit_effects(self.sae, self.model, latent, top_k=self.top_k)
-        self.logits_html.value = views.logits_html(effects)
+        reference = float(stats.max_act_F[latent])
+        self.contexts_html.value = views.contexts_html(view.contexts, reference)
+        self.quantiles_html.value = views.quantiles_html(view.quantiles, reference)
+        self.histogram.value = panels.activation_histogram_html(
+            view.histogram,
+            float(stats.density_F[latent]),
+            int(stats.count_F[latent]),
+            stats.n_tokens,
+        )
+        self.logits_html.value = panels.logit_panel_html(view.effects, view.logit_histogram)
+        self.neighbours_html.value = panels.neighbours_html(view.neighbours)
+        if self.matches.value is not None and self.matches.value != latent:
+            self.matches.value = None  # a match picked earlier no longer describes the view
+        self._draw_prompt()
 
     # --- internals -----------------------------------------------------------------------------
-    def _draw_histogram(self, latent: int) -> None:
-        hist = latent_histogram(self.sae, self.store, latent, n_bins=self.n_bins)
-        with self.histogram.batch_update():
-            self.histogram.data = ()
-            self.histogram.add_trace(views.histogram_bar(hist))
-            self.histogram.layout.title.text = f"{self.latent_label(latent)}: non-zero codes"
+    def _draw_prompt(self) -> None:
+        codes = self.prompt_codes
+        if codes is None:
+            return
+        position = self.prompt_position.value
+        self.prompt_html.value = panels.prompt_tokens_html(codes, self._shown, position)
+        if position is None:
+            self.prompt_rank_html.value = panels.prompt_rank_html("", 0, [], self.latent_label)
+            return
+        self.prompt_rank_html.value = panels.prompt_rank_html(
+            codes.tokens[position], position, self.rank_on_token(position), self.latent_label
+        )
 
     def _check_latent(self, latent: int) -> int:
         latent = int(latent)
@@ -264,11 +252,33 @@ class FeatureExplorer(widgets.VBox):
             )
         return latent
 
-    def _on_latent(self, _change) -> None:
+    def _on_latent(self, change) -> None:
+        if change["new"] == self._shown:
+            return
+        try:
+            self._check_latent(change["new"])
+        except ValueError as err:
+            self.status.value = views.note_html(f"{err}; still showing #{self._shown}", error=True)
+            self.latent.value = self._shown
+            return
+        self.status.value = ""
         self.refresh()
+
+    def _step(self, delta: int) -> None:
+        self.latent.value = (self._shown + delta) % self.n_latents
+
+    def _on_random(self, _button=None) -> None:
+        alive = self.index.alive
+        self.latent.value = self._rng.choice(alive) if alive else 0
 
     def _on_search(self, change) -> None:
         query = change["new"]
+        with self.matches.hold_trait_notifications():
+            self.matches.options = [("— search top tokens —", None)]
+            self.matches.value = None
+        if not query.strip():
+            self.status.value = ""
+            return
         found = self.search_latents(query)
         options, note = views.search_results(
             found, query, self.top_tokens, self.latent_label, MAX_MATCHES
@@ -293,8 +303,8 @@ class FeatureExplorer(widgets.VBox):
             return
         share = float(self.medical_shares()[best])
         note = f"most medical: {self.latent_label(best)} ({share:.0%} of its top tokens)"
-        self.status.value = views.note_html(note)
         self.latent.value = best
+        self.status.value = views.note_html(note)
 
     def _on_run_prompt(self, _button=None) -> None:
         self.show_prompt(self.prompt.value)

@@ -1,10 +1,10 @@
-"""Views of one latent for `FeatureExplorer`: pure functions from the core's results
-(`saelab.features` NamedTuples) to HTML strings, styled by the classes of `STYLE`, to the
-plotly bar of its code histogram, and to the search box's results.
+"""Views of one latent for `FeatureExplorer` and the offline export: pure functions from the
+core's results (`saelab.features` NamedTuples) to HTML strings, styled by `STYLE`.
 
 Only a token's highlight is an inline style: its opacity is the latent's code there divided
-by a reference maximum, a number per token. Class names (`fe-*`) are what tests and page
-CSS select on.
+by a reference maximum, a number per token. Every token carries its code in a `title`
+(shown on hover). Class names (`fe-*`) are what page CSS selects on; each panel's outermost
+element carries the UI contract's `data-testid` (docs: notes/UI_CONTRACT.md).
 """
 
 from __future__ import annotations
@@ -12,39 +12,42 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Sequence
 
-import plotly.graph_objects as go
-
-from saelab.features import (
-    Context,
-    FeatureStats,
-    Histogram,
-    LogitEffects,
-    TokenLatents,
-    matching_pieces,
-)
+from saelab.features import Context, FeatureStats, LogitEffects, QuantileContexts, matching_pieces
 
 #: RGB of the highlight; its opacity is the code divided by the reference maximum.
 HIGHLIGHT_RGB = (255, 140, 0)
 
-#: Every class the views use, once; the explorer shows this block beside them.
+#: Every class the views use, once; the explorer and the export show this block beside them.
+#: Tokens have no padding or margin, so the pieces of a word join up ("lactate", not
+#: "lact ate"); a token's extent shows on hover.
 STYLE = """<style>
 .fe-title { margin: 4px 0; }
-.fe-contexts { border-collapse: collapse; }
+.fe-grid { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.fe-main { flex: 3 1 420px; min-width: 0; }
+.fe-side { flex: 2 1 280px; min-width: 0; }
+.fe-contexts { border-collapse: collapse; width: 100%; }
 .fe-contexts th { text-align: left; }
-.fe-contexts .fe-value { text-align: right; padding-right: 8px; color: #555; }
-.fe-contexts .fe-window { text-align: left; }
-.fe-act, .fe-ctx, .fe-piece {
-  white-space: pre; font-family: monospace; padding: 0 1px; border-radius: 2px;
-}
-.fe-act { font-weight: bold; outline: 1px solid #c60; }
+.fe-contexts .fe-value { text-align: right; padding-right: 8px; color: #555; vertical-align: top; }
+.fe-window { text-align: left; font-family: monospace; white-space: pre-wrap; }
+.fe-act, .fe-ctx, .fe-piece { white-space: pre-wrap; font-family: monospace; border-radius: 2px; }
+.fe-act { font-weight: bold; text-decoration: underline; }
+.fe-act:hover, .fe-ctx:hover, .fe-ptok:hover { outline: 1px solid #999; }
+.fe-bin { margin: 6px 0 2px; color: #333; }
 .fe-logits .fe-value { color: #555; }
+.fe-figure { margin: 4px 0; width: 100%; }
+.fe-figure figcaption { font-weight: bold; margin-bottom: 2px; }
+.fe-svg { width: 100%; height: auto; display: block; }
+.fe-svg text { font: 10px sans-serif; fill: #444; }
 .fe-token {
   display: inline-block; vertical-align: top; margin: 1px; padding: 1px 2px;
   border: 1px solid #ddd;
 }
 .fe-token[data-sink] { color: #999; }
 .fe-token code { white-space: pre; }
-.fe-error { color: #b00; }
+.fe-ptok { font-family: monospace; white-space: pre-wrap; }
+.fe-ptok[data-chosen] { text-decoration: underline; font-weight: bold; }
+.fe-latent-link { cursor: pointer; color: #0645ad; text-decoration: underline; }
+.fe-error { color: #b00; font-weight: bold; }
 </style>"""
 
 
@@ -59,16 +62,16 @@ def fmt(value: float) -> str:
 
 def highlight(value: float | None, reference: float) -> str:
     """` style='background-color:rgba(...)'` with opacity `value / reference` (clipped to
-    [0, 1]), or "" when there is nothing to show."""
-    if value is None or reference <= 0:
+    [0, 1]), or "" when there is nothing to show (no code, or 0)."""
+    if value is None or reference <= 0 or value <= 0:
         return ""
-    alpha = max(0.0, min(1.0, float(value) / reference))
+    alpha = min(1.0, float(value) / reference)
     r, g, b = HIGHLIGHT_RGB
     return f" style='background-color:rgba({r},{g},{b},{alpha:.3f});'"
 
 
 def header_html(stats: FeatureStats, latent: int, label: str, n_latents: int) -> str:
-    """Title and density, mean and max code of `latent`."""
+    """Title (`fe-title`, with `#latent`) and density, mean and max code of `latent`."""
     count = int(stats.count_F[latent])
     body = (
         f"density <b>{float(stats.density_F[latent]):.4g}</b> "
@@ -79,36 +82,71 @@ def header_html(stats: FeatureStats, latent: int, label: str, n_latents: int) ->
     if count == 0:
         body += " · <i>dead: never fires on this store</i>"
     return (
-        f"<h3 class='fe-title'>{html.escape(label)} <small>(#{latent} of {n_latents})</small>"
-        f"</h3><div>{body}</div>"
+        f"<h3 class='fe-title' data-testid='fe-title'>{html.escape(label)} "
+        f"<small>(#{latent} of {n_latents})</small></h3><div>{body}</div>"
+    )
+
+
+def window_html(ctx: Context, reference: float) -> str:
+    """One context's tokens: each highlighted by the latent's code there (`reference` is
+    full opacity) with the code in its `title`; the activating token is `fe-act`."""
+    pieces = [*ctx.left, ctx.token, *ctx.right]
+    acts = ctx.window_acts if ctx.window_acts is not None else [None] * len(pieces)
+    spans = []
+    for j, (piece, act) in enumerate(zip(pieces, acts, strict=True)):
+        cls = "fe-act" if j == len(ctx.left) else "fe-ctx"
+        tip = "not in store" if act is None else f"{act:.4g}"
+        spans.append(
+            f"<span class='{cls}'{highlight(act, reference)} title='{tip}'>"
+            f"{show_piece(piece)}</span>"
+        )
+    return "".join(spans)
+
+
+def context_rows(contexts: Sequence[Context], reference: float) -> str:
+    return "".join(
+        f"<tr><td class='fe-value'>{fmt(ctx.value)}</td>"
+        f"<td class='fe-window'>{window_html(ctx, reference)}</td></tr>"
+        for ctx in contexts
     )
 
 
 def contexts_html(contexts: Sequence[Context], reference: float) -> str:
-    """A table of top contexts: each window token highlighted by the latent's code there
-    (`reference` is full opacity), the activating token as `fe-act`, neighbours `fe-ctx`."""
+    """The top contexts table (`fe-top-contexts`)."""
     if not contexts:
-        return "<p><i>no top contexts: this latent never fires on the store</i></p>"
-    rows = []
-    for ctx in contexts:
-        pieces = [*ctx.left, ctx.token, *ctx.right]
-        acts = ctx.window_acts if ctx.window_acts is not None else [None] * len(pieces)
-        spans = []
-        for j, (piece, act) in enumerate(zip(pieces, acts, strict=True)):
-            cls = "fe-act" if j == len(ctx.left) else "fe-ctx"
-            tip = "not in store" if act is None else f"{act:.4g}"
-            spans.append(
-                f"<span class='{cls}'{highlight(act, reference)} title='{tip}'>"
-                f"{show_piece(piece)}</span>"
-            )
-        rows.append(
-            f"<tr><td class='fe-value'>{fmt(ctx.value)}</td>"
-            f"<td class='fe-window'>{''.join(spans)}</td></tr>"
+        return (
+            "<p data-testid='fe-top-contexts'><i>no top contexts: this latent never fires "
+            "on the store</i></p>"
         )
     return (
-        "<table class='fe-contexts'><tr><th>act</th><th>top contexts</th></tr>"
-        + "".join(rows)
+        "<table class='fe-contexts' data-testid='fe-top-contexts'>"
+        "<tr><th>act</th><th>top contexts</th></tr>"
+        + context_rows(contexts, reference)
         + "</table>"
+    )
+
+
+def quantiles_html(quantiles: Sequence[QuantileContexts], reference: float) -> str:
+    """Samples from equal-count bins of the latent's codes (`fe-quantiles`), strongest bin
+    first, each headed by its code range and share of the firings."""
+    if not quantiles:
+        return "<div data-testid='fe-quantiles'><i>no firings to sample</i></div>"
+    total = sum(q.bin.count for q in quantiles)
+    n = len(quantiles)
+    parts = []
+    for i, q in enumerate(quantiles):
+        b = q.bin
+        head = (
+            f"quantile {n - i}/{n}: codes {fmt(b.lo)} – {fmt(b.hi)} "
+            f"({b.count} firings, {b.count / total:.0%})"
+        )
+        parts.append(
+            f"<tr><th colspan=2 class='fe-bin'>{head}</th></tr>"
+            + context_rows(q.contexts, reference)
+        )
+    return (
+        "<table class='fe-contexts' data-testid='fe-quantiles'>"
+        "<tr><th colspan=2>samples from quantile bins</th></tr>" + "".join(parts) + "</table>"
     )
 
 
@@ -134,28 +172,6 @@ def logits_html(effects: LogitEffects) -> str:
     )
 
 
-def prompt_html(tokens: Sequence[TokenLatents], label: Callable[[int], str]) -> str:
-    """One `fe-token` box per prompt token listing its strongest latents, highlighted by the
-    top code (reference: the largest over kept tokens); sinks are greyed (`data-sink`)."""
-    if not tokens:
-        return "<p><i>the prompt has no tokens</i></p>"
-    reference = max((t.latents[0][1] for t in tokens if t.latents and t.kept), default=0.0)
-    spans = []
-    for t in tokens:
-        top = t.latents[0][1] if t.latents else 0.0
-        look = highlight(top, reference) if t.kept else " data-sink"
-        listing = "<br>".join(f"{f}: {fmt(v)}" for f, v in t.latents) or "—"
-        tip = html.escape(", ".join(f"{label(f)} = {v:.4g}" for f, v in t.latents), quote=True)
-        if not t.kept:
-            tip = "attention sink (codes unreliable)" + (f"; {tip}" if tip else "")
-        spans.append(
-            f"<span class='fe-token'{look} title='{tip}'>"
-            f"<code>{show_piece(t.token)}</code><br>"
-            f"<small class='fe-latents'>{listing}</small></span>"
-        )
-    return "<div class='fe-prompt'>" + "".join(spans) + "</div>"
-
-
 def search_results(
     found: Sequence[int],
     query: str,
@@ -176,34 +192,7 @@ def search_results(
 
 
 def note_html(text: str, error: bool = False) -> str:
-    """A status line: italic, or red for an error."""
+    """A status line: italic, or red for an error (`fe-error`)."""
     if error:
-        return f"<span class='fe-error'>{html.escape(text)}</span>"
+        return f"<span class='fe-error' data-testid='fe-error'>{html.escape(text)}</span>"
     return f"<i>{html.escape(text)}</i>"
-
-
-def histogram_layout() -> go.Layout:
-    """A fresh layout for the code histogram (its title is set per latent)."""
-    return go.Layout(
-        height=260,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        bargap=0.02,
-        xaxis_title="code (non-zero)",
-        yaxis_title="tokens",
-    )
-
-
-def histogram_bar(hist: Histogram) -> go.Bar:
-    """One bar per bin of `hist` (a `latent_histogram`), centred in its bin and as wide."""
-    edges = hist.edges_B1.double()
-    centres = ((edges[1:] + edges[:-1]) / 2).tolist()
-    widths = (edges[1:] - edges[:-1]).tolist()
-    r, g, b = HIGHLIGHT_RGB
-    return go.Bar(
-        x=centres,
-        y=hist.counts_B.tolist(),
-        width=widths,
-        marker_color=f"rgb({r},{g},{b})",
-        name="tokens",
-        hovertemplate="code %{x:.3g}<br>tokens %{y}<extra></extra>",
-    )

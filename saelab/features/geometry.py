@@ -9,6 +9,7 @@ D their width, K the `top_k` neighbours kept, N rows of one chunk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -23,6 +24,14 @@ class DecoderSimilarity(NamedTuple):
 
     values_FK: torch.Tensor  # [F_a, top_k] float32 cosines (|cos| with absolute=True), descending
     indices_FK: torch.Tensor  # [F_a, top_k] int64 rows of `b`
+
+
+class Neighbour(NamedTuple):
+    """A decoder row near another one (`nearest_features`)."""
+
+    source: str  # the name of the SAE the row belongs to
+    latent: int  # its row (latent) in that SAE
+    cosine: float  # signed cosine with the query row
 
 
 class Redundancy(NamedTuple):
@@ -113,3 +122,24 @@ def decoder_redundancy(
     )
     ref_near = decoder_similarity(ref_RD, ref_RD, chunk=chunk, exclude_self=True, absolute=True)
     return Redundancy(near.values_FK[:, 0], ref_near.values_FK[:, 0])
+
+
+@torch.no_grad()
+def nearest_features(
+    sae, latent: int, saes: Mapping[str, object] | None = None, top_k: int = 5
+) -> list[Neighbour]:
+    """The `top_k` decoder rows nearest (signed cosine) to `latent`'s, in each SAE of `saes`
+    (name -> SAE, e.g. the layer SAEs of a feature flow; default `{"this SAE": sae}`),
+    most similar first within each SAE. The query row itself is left out where an SAE
+    of `saes` is `sae`."""
+    saes = {"this SAE": sae} if saes is None else saes
+    row_1D = sae.W_dec_FD[latent : latent + 1]
+    out = []
+    for name, other in saes.items():
+        own = other is sae
+        take = min(top_k + int(own), int(other.W_dec_FD.shape[0]))
+        near = decoder_similarity(row_1D, other, top_k=take)
+        pairs = zip(near.indices_FK[0].tolist(), near.values_FK[0].tolist(), strict=True)
+        kept = [Neighbour(name, i, v) for i, v in pairs if not (own and i == latent)]
+        out.extend(kept[:top_k])
+    return out

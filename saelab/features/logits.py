@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from saelab.data import token_str
+from saelab.features.stats import Histogram
 from saelab.models import final_norm_weight, hf_module
 
 
@@ -24,8 +25,8 @@ class LogitEffects(NamedTuple):
 
 
 @torch.no_grad()
-def logit_effects(sae, model, latent: int, top_k: int = 10) -> LogitEffects:
-    """Direct effect of `latent`'s decoder row on the logits: `W_U (g * d)`, `[V]`.
+def logit_vector(sae, model, latent: int) -> torch.Tensor:
+    """Direct effect of `latent`'s decoder row on the logits: `W_U (g * d)`, float32 `[V]`.
 
     `W_U` is the output embedding `[V, D]`, `d` the decoder row and `g` the final norm's
     gain, applied as a diagonal scale. The norm's division by the token's RMS (and, for
@@ -37,7 +38,24 @@ def logit_effects(sae, model, latent: int, top_k: int = 10) -> LogitEffects:
     gain_D = final_norm_weight(model)
     if gain_D is not None:
         d_D = d_D * gain_D.detach().float().cpu()
-    logits_V = W_U_VD @ d_D
+    return W_U_VD @ d_D
+
+
+def logit_histogram(logits_V: torch.Tensor, n_bins: int = 40) -> Histogram:
+    """Histogram of a latent's logit effects over the whole vocabulary (`logit_vector`):
+    sae_vis's logit histogram, whose tails are the promoted and suppressed tokens."""
+    lo, hi = float(logits_V.min()), float(logits_V.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    counts, edges = torch.histogram(logits_V.float(), bins=n_bins, range=(lo, hi))
+    return Histogram(counts.long(), edges)
+
+
+@torch.no_grad()
+def logit_effects(sae, model, latent: int, top_k: int = 10, logits_V=None) -> LogitEffects:
+    """The `top_k` tokens `latent`'s decoder row promotes and suppresses most (`logit_vector`;
+    pass `logits_V` when it is already computed)."""
+    logits_V = logit_vector(sae, model, latent) if logits_V is None else logits_V
     top = logits_V.topk(top_k)
     bottom = (-logits_V).topk(top_k)
     tokenizer = getattr(model, "tokenizer", None)  # a bare HF module has none: show ids

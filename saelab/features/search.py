@@ -55,3 +55,16 @@ def highest_share_latent(shares_F: torch.Tensor, stats: FeatureStats) -> int | N
     if not alive or float(shares_F.max()) <= 0:
         return None
     return max(alive, key=lambda f: (float(shares_F[f]), float(stats.density_F[f]), -f))
+
+
+def informative_latent(stats: FeatureStats, max_density: float = 0.01) -> int:
+    """The latent a dashboard opens on: the most frequent one firing on fewer than
+    `max_density` of the tokens (a dense latent is rarely interpretable, a rare one has few
+    examples); else the least dense alive one; else latent 0. Ties: lower id."""
+    alive = alive_latents(stats)
+    if not alive:
+        return 0
+    sparse = [f for f in alive if float(stats.density_F[f]) < max_density]
+    if sparse:
+        return max(sparse, key=lambda f: (int(stats.count_F[f]), -f))
+    return min(alive, key=lambda f: (int(stats.count_F[f]), f))

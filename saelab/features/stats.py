@@ -117,11 +117,16 @@ def latent_histogram(
     for _, x_BD in _row_batches(store, batch_size):
         f_B = sae.encode(x_BD.to(device, dtype))[:, latent].float().cpu()
         values.append(f_B[fires(f_B)])
-    values_M = torch.cat(values) if values else torch.zeros(0)
+    return histogram_of(torch.cat(values) if values else torch.zeros(0), n_bins)
+
+
+def histogram_of(values_M: torch.Tensor, n_bins: int = 30) -> Histogram:
+    """`n_bins` equal-width bins from the smallest to the largest of a latent's non-zero
+    codes `values_M`; no codes give all-zero counts over edges [0, 1]."""
     if len(values_M) == 0:
         return Histogram(torch.zeros(n_bins, dtype=torch.int64), torch.linspace(0, 1, n_bins + 1))
     lo, hi = float(values_M.min()), float(values_M.max())
     if hi <= lo:
         hi = lo + 1e-6
-    counts, edges = torch.histogram(values_M, bins=n_bins, range=(lo, hi))
+    counts, edges = torch.histogram(values_M.float(), bins=n_bins, range=(lo, hi))
     return Histogram(counts.long(), edges)
