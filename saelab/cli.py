@@ -1,5 +1,6 @@
 """The `saelab` command. `saelab quickstart` is the README's main job; `saelab flow` and
-`saelab steer` (cross-layer feature flow and steering) live in `saelab.commands`."""
+`saelab steer` (cross-layer feature flow and steering) and `saelab report` (the HTML report
+of saved tables) live in `saelab.commands`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from saelab.commands import flow as flow_command
+from saelab.commands import report as report_command
 from saelab.commands import steer as steer_command
 
 
@@ -31,14 +33,18 @@ def quickstart(
     device: str | None,
     seed: int,
 ) -> dict:
-    """Real model -> medical activations -> JumpReLU SAE -> held-out metrics -> report."""
+    """Real model -> medical activations -> JumpReLU SAE -> held-out metrics -> report.
+
+    Writes `metrics.json`, `history.csv` (the training log, for `saelab report`), `sae/` and
+    `report.html` under `out`."""
+    import pandas as pd
     import torch
 
     import saelab
     from saelab import figures
     from saelab.features import feature_stats
     from saelab.features.stats import encode_rows
-    from saelab.io import write_text
+    from saelab.io import write_table, write_text
     from saelab.sae import fires
 
     started = time.time()
@@ -54,6 +60,7 @@ def quickstart(
         store, kind="jumprelu", width=width, target_l0=target_l0, seed=seed, device=device
     )
     sae.save(out / "sae")
+    write_table(pd.DataFrame(sae.history), out / "history.csv")
     table = saelab.evaluate(sae, model, hookpoint, test_texts, max_tokens=eval_max_tokens)
     row = table.iloc[0].to_dict()
     metrics = {key: float(row[key]) for key in quickstart_metrics()}
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     flow_command.add_parser(sub)
     steer_command.add_parser(sub)
+    report_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command != "quickstart":
         return args.run(args)

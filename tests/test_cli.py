@@ -194,3 +194,22 @@ def test_missing_saes_folder_and_layers(tmp_path):
         main(["flow", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"the model has layers 0\.\.4, not \[5, 6\]"):
         main(["flow", "--layers", "4-6", "--out", str(tmp_path), *SMALL])
+
+
+def test_report_redraws_the_flow_tables(flow_run, tmp_path):
+    from saelab.figures.tables import table_figures
+
+    out, _ = flow_run
+    stdout = run_main(["report", out, "--out", tmp_path / "flow.html"])
+    assert "groups.csv: flow groups (1 figure)" in stdout
+    assert "deactivation.csv: flow deactivation (1 figure)" in stdout
+    page = (tmp_path / "flow.html").read_text()
+    assert page.count(plotly.offline.get_plotlyjs()[:200]) == 1
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert "Predecessor groups" in page and "Deactivating a predecessor, layer 2" in page
+    groups = pd.read_csv(out / "groups.csv")
+    (shares,) = table_figures(groups)
+    observed = groups[~groups["null"]]
+    for trace in shares.data[:8]:  # the observed bars: one per group, a share per layer
+        expected = observed[observed["group"] == trace.name].sort_values("layer")["share"]
+        assert list(trace.y) == pytest.approx(expected.tolist(), abs=0)
