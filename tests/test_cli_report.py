@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import re
+import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +34,15 @@ def assert_offline(page: str) -> None:
     assert not re.search(r"<script[^>]*\bsrc=", page)  # no CDN script
 
 
-def test_quickstart_folder(tmp_path):
-    out = tmp_path / "qs"
-    metrics = quickstart(out, "stories260k", HOOK, 2048, 512, 32, 4.0, "cpu", 0)
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """The quickstart on stories260K: 2048 training tokens, width 32, 512 held-out tokens."""
+    out = tmp_path_factory.mktemp("runs") / "qs"
+    return out, quickstart(out, "stories260k", HOOK, 2048, 512, 32, 4.0, "cpu", 0)
+
+
+def test_quickstart_folder(quickstart_run, tmp_path):
+    out, metrics = quickstart_run
     history = pd.read_csv(out / "history.csv")
     assert history["tokens"].iloc[-1] == 7 * 256  # 2032 harvested tokens, batch 256
     stdout, page = report(out, "--out", tmp_path / "r.html")
@@ -48,6 +56,27 @@ def test_quickstart_folder(tmp_path):
     # the quickstart's own report shows the same metrics table (one writer, one figure)
     own = (out / "report.html").read_text()
     assert f'"{metrics["fvu"]:.4g}"' in own
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium (apt-get install chromium)")
+def test_figures_saved_for_a_paper(quickstart_run, tmp_path):
+    out, _ = quickstart_run
+    stdout, _ = report(
+        out, "--out", tmp_path / "r.html", "--figures", tmp_path / "figs", "--format", "svg"
+    )
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["01-held-out-metrics.svg", "02-training-curves.svg"]
+    assert f"figure: {tmp_path / 'figs' / names[1]}" in stdout
+    svg = ET.fromstring((tmp_path / "figs" / names[1]).read_text())
+    texts = {"".join(el.itertext()) for el in svg.iter() if el.tag.endswith("text")}
+    assert {"Training curves", "dead fraction", "training tokens"} <= texts
+
+
+def test_missing_browser_stops_the_figures(quickstart_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "nothing"))
+    out, _ = quickstart_run
+    with pytest.raises(SystemExit, match="saelab report: error: no browser at BROWSER_PATH"):
+        main(["report", str(out), "--out", str(tmp_path / "r.html"), "--figures", str(tmp_path)])
 
 
 def test_domain_comparison_table(stories, tmp_path):

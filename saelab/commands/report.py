@@ -4,13 +4,15 @@ HTML report (`saelab.figures.write_report`, plotly.js inlined) of saved experime
 A table's figures are chosen by its columns (`saelab.figures.tables`); a folder reports
 `metrics.json` and every CSV it recognises (a quickstart folder, an experiment's `out/`, a
 `saelab flow` output) and names the CSVs it skipped. An unrecognised table given by name is
-a one-line error listing the columns each known table has.
+a one-line error listing the columns each known table has. `--figures DIR` also saves each
+figure for a paper (`saelab.figures.save`: PDF, PNG or SVG in the system Chromium).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from saelab.commands.common import fail
@@ -33,6 +35,12 @@ def add_parser(sub) -> None:
         help="report file (default: saelab-report.html beside the table, or in the folder)",
     )
     parser.add_argument("--title", default=None, help="page title (default: the source's name)")
+    parser.add_argument(
+        "--figures", type=Path, default=None, help="also save each figure to this folder"
+    )
+    parser.add_argument(
+        "--format", choices=("pdf", "png", "svg"), default="pdf", help="of --figures (pdf)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -71,8 +79,9 @@ def file_figures(path: Path) -> tuple[str, list]:
     return tables.recognise(table), tables.table_figures(table)
 
 
-def build_report(source: Path, out: Path, title: str | None = None) -> tuple[Path, list[str]]:
-    """Write the report of `source` to `out`; its path and one line per file (used or skipped)."""
+def build_report(source: Path, out: Path, title: str | None = None):
+    """Write the report of `source` to `out`: its path, its figures and one line per file
+    (used or skipped)."""
     from saelab import figures
 
     source = Path(source)
@@ -93,14 +102,33 @@ def build_report(source: Path, out: Path, title: str | None = None) -> tuple[Pat
         fail("report", f"no table saelab can draw in {source} ({found})")
     notes = f"Drawn from {source}: " + "; ".join(lines) + "."
     title = title or f"saelab report: {source.name}"
-    return figures.write_report(out, title, report, notes), lines
+    return figures.write_report(out, title, report, notes), report, lines
+
+
+def save_figures(report: list, folder: Path, fmt: str) -> list[Path]:
+    """Each figure as `folder/NN-<title>.<fmt>` (`saelab.figures.save`)."""
+    from saelab import figures
+
+    paths = []
+    for i, fig in enumerate(report, start=1):
+        slug = re.sub(r"[^a-z0-9]+", "-", (fig.layout.title.text or "figure").lower()).strip("-")
+        paths.append(figures.save(fig, Path(folder) / f"{i:02d}-{slug[:60]}.{fmt}"))
+    return paths
 
 
 def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     out = args.out or (source if source.is_dir() else source.parent) / "saelab-report.html"
-    path, lines = build_report(source, out, args.title)
+    path, report, lines = build_report(source, out, args.title)
     for line in lines:
         print(f"[saelab] {line}")
+    if args.figures is not None:
+        from saelab.figures import BrowserNotFoundError
+
+        try:
+            for saved in save_figures(report, args.figures, args.format):
+                print(f"[saelab] figure: {saved}")
+        except BrowserNotFoundError as err:
+            fail("report", str(err))
     print(f"[saelab] report: {path}")
     return 0
