@@ -12,15 +12,28 @@ from saelab.activations import ActivationStore, StoreInfo
 from saelab.data import WORD_START_MARKERS, token_str, vocabulary
 from saelab.features import (
     FeatureStats,
+    LatentCodes,
+    codes_at,
     concept_alignment,
+    context_window,
     decoder_redundancy,
     decoder_similarity,
     feature_stats,
     frequent_tokens,
+    informative_latent,
     is_medical_piece,
+    latent_codes,
     latent_histogram,
     latents_on_text,
     logit_effects,
+    logit_histogram,
+    logit_vector,
+    nearest_features,
+    prompt_codes,
+    quantile_samples,
+    rank_latents,
+    sparse_codes,
+    stats_from_codes,
     top_contexts,
     vocabulary_shares,
     word_at,
@@ -91,30 +104,39 @@ def test_latent_histogram_counts_firing_tokens(sae, store, dense):
     assert hist.edges_B1[-1] == pytest.approx(float(dense[:, latent].max()))
 
 
-def test_top_contexts_neighbours_come_from_tokens(stats, store, stories, sae, dense):
+def test_top_contexts_are_whole_word_windows_from_tokens(stats, store, stories, sae, dense):
     tok = stories.tokenizer
+    special = set(tok.all_special_ids)
     latent = int(stats.count_F.argmax())
     contexts = top_contexts(stats, store, tok, latent, window=3, sae=sae)
-    assert len(contexts) == 10
-    ctx_len = store.tokens_CT.shape[1]
+    assert 0 < len(contexts) <= 10
+    windows = set()
     for c in contexts:
-        row_ids = store.tokens_CT[c.context]
+        row_ids = store.tokens_CT[c.context].tolist()
         assert c.context == store.context_N[c.row] and c.position == store.position_N[c.row]
         assert c.token == token_str(tok, row_ids[c.position])
-        left_ids = row_ids[max(0, c.position - 3) : c.position].tolist()
-        right_ids = row_ids[c.position + 1 : min(ctx_len, c.position + 4)].tolist()
-        assert c.left == [token_str(tok, i) for i in left_ids]
-        assert c.right == [token_str(tok, i) for i in right_ids]
+        lo, hi = c.position - len(c.left), c.position + 1 + len(c.right)
+        assert c.left == [token_str(tok, i) for i in row_ids[lo : c.position]]
+        assert c.right == [token_str(tok, i) for i in row_ids[c.position + 1 : hi]]
+        assert not special & set(row_ids[lo:hi])  # no <s>, </s>, <unk> shown
+        # at least 3 a side unless a document boundary (special token) or the end is hit
+        assert len(c.left) >= 3 or lo == 0 or row_ids[lo - 1] in special
+        assert len(c.right) >= 3 or hi == len(row_ids) or row_ids[hi] in special
+        # whole words: the window neither starts nor ends inside a word
+        assert lo == 0 or row_ids[lo - 1] in special or not token_str(tok, row_ids[lo])[0].isalnum()
+        if hi < len(row_ids) and row_ids[hi] not in special:
+            assert not token_str(tok, row_ids[hi])[0].isalnum()
+        windows.add(tuple(row_ids[lo:hi]))
         assert c.value == pytest.approx(float(dense[c.row, latent]))
-        assert len(c.window_acts) == len(c.left) + 1 + len(c.right)
         assert c.window_acts[len(c.left)] == pytest.approx(c.value, abs=1e-6)
         for offset, act in enumerate(c.window_acts):
-            pos = c.position - len(c.left) + offset
+            pos = lo + offset
             where = ((store.context_N == c.context) & (store.position_N == pos)).nonzero()
             if len(where) == 0:
                 assert act is None  # BOS or a dropped sink
             else:
                 assert act == pytest.approx(float(dense[int(where[0, 0]), latent]), abs=1e-6)
+    assert len(windows) == len(contexts)  # no window shown twice
     assert top_contexts(stats, store, tok, latent)[0].window_acts is None
 
 
@@ -370,3 +392,176 @@ def test_feature_stats_on_memory_mapped_store(sae, store, stats, tmp_path):
     again = feature_stats(sae, mapped, top_k=10, batch_size=512)
     assert torch.equal(again.top_values_FK, stats.top_values_FK)
     assert torch.equal(again.count_F, stats.count_F)
+
+
+# --- the explorer's index, samples, windows, neighbours, prompt ranking ------------------------
+
+
+def test_sparse_codes_equal_the_dense_codes(sae, store, dense, stats):
+    codes = sparse_codes(sae, store, batch_size=300)
+    for f in (0, 17, int(stats.count_F.argmax())):
+        column = codes.column(f)
+        (rows,) = dense[:, f].nonzero(as_tuple=True)
+        assert torch.equal(column.rows_M, rows)
+        torch.testing.assert_close(column.values_M, dense[rows, f])
+        plain = latent_codes(sae, store, f, batch_size=500)  # the index-free path agrees
+        assert torch.equal(plain.rows_M, column.rows_M)
+        assert torch.equal(plain.values_M, column.values_M)
+        some = torch.tensor([0, int(rows[0]), len(store) - 1])
+        torch.testing.assert_close(codes_at(column, some), dense[some, f])
+    again = stats_from_codes(codes, top_k=10)
+    assert torch.equal(again.count_F, stats.count_F)
+    torch.testing.assert_close(again.mean_act_F, stats.mean_act_F)
+    assert torch.equal(again.max_act_F, stats.max_act_F)
+    assert torch.equal(again.top_values_FK, stats.top_values_FK)
+    listed = again.top_index_FK >= 0  # each listed row really has that code (ties: any row)
+    assert torch.equal(listed, stats.top_index_FK >= 0)
+    rows_FK = again.top_index_FK.clamp_min(0)
+    codes_FK = dense.T.gather(1, rows_FK)
+    assert torch.equal(codes_FK[listed], again.top_values_FK[listed])
+    assert sparse_codes(sae, store, max_entries=int(stats.count_F.sum()) - 1) is None
+
+
+def test_quantile_samples_by_hand():
+    """20 firings with codes 1..20 on rows 100..119: 4 bins of 5, strongest first."""
+    column = LatentCodes(torch.arange(100, 120), torch.arange(1, 21).float())
+    bins = quantile_samples(column, n_bins=4, per_bin=2, seed=3)
+    assert [(b.lo, b.hi, b.count) for b in bins] == [
+        (16, 20, 5),
+        (11, 15, 5),
+        (6, 10, 5),
+        (1, 5, 5),
+    ]
+    for b in bins:
+        assert len(b.rows) == 2 and b.values == sorted(b.values, reverse=True)
+        assert all(b.lo <= v <= b.hi for v in b.values)
+        assert [r - 99 for r in b.rows] == b.values  # each row carries its own code
+    assert quantile_samples(column, 4, 2, seed=3) == bins  # seeded: the same rows again
+    few = quantile_samples(LatentCodes(torch.tensor([7, 9]), torch.tensor([0.5, 2.0])), 10, 5)
+    assert [(b.rows, b.values) for b in few] == [([9], [2.0]), ([7], [0.5])]
+    assert quantile_samples(LatentCodes(torch.zeros(0, dtype=torch.long), torch.zeros(0))) == []
+
+
+class _Pieces:
+    """A tokenizer stub: token id i is piece `pieces[i]`; ids 0 and 1 are special."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def __call__(self, i):
+        return self.pieces[i]
+
+
+def test_context_window_by_hand():
+    pieces = ["<s>", "</s>", " lact", "ate", " de", "hyd", "rogen", "ase", " is", " an", " enzyme"]
+    piece = _Pieces(pieces)
+    ids = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 8]  # <s> lactate dehydrogenase is an enzyme</s> is
+    special = {0, 1}
+    assert context_window(ids, piece, 4, 1, special) == (3, 7)  # " de|hyd" grows to the word
+    assert context_window(ids, piece, 2, 0, special) == (1, 3)  # "lact" grows to "lactate"
+    assert context_window(ids, piece, 8, 9, special) == (1, 10)  # stops at <s> and </s>
+    assert context_window(ids, piece, 11, 3, special) == (11, 12)  # a new document after </s>
+
+
+def test_contexts_skip_special_tokens_and_duplicate_windows(stories):
+    """Two identical contexts `<s> The patient had a fever</s> She took...`: latent 3 fires on
+    " f" of "fever" in both (codes 5 and 4), on the </s> (code 9, a document boundary) and
+    on " had" (code 1). The contexts are " f" once (its twin is a duplicate window), then
+    " had"; the </s> is skipped; no window crosses a </s> or shows a special token. Two
+    tokens a side: " had a" then " f" grown to "fever" (its pieces " f", "e", "ver")."""
+    tok = stories.tokenizer
+    a = tok("The patient had a fever", add_special_tokens=False)["input_ids"]
+    b = tok("She took the medicine.", add_special_tokens=False)["input_ids"]
+    row_ids = [tok.bos_token_id, *a, tok.eos_token_id, *b]
+    tokens_CT = torch.tensor([row_ids, row_ids])
+    n_pos = len(row_ids) - 1  # every position but BOS is a store row
+    f_at, had_at, eos_at = row_ids.index(a[7]), row_ids.index(a[5]), len(a) + 1
+    acts_ND = torch.zeros(2 * n_pos, 64)
+    for c, code in ((0, 5.0), (1, 4.0)):
+        acts_ND[c * n_pos + f_at - 1, 3] = code
+    acts_ND[had_at - 1, 3], acts_ND[eos_at - 1, 3] = 1.0, 9.0
+    store = ActivationStore(
+        acts_ND,
+        torch.arange(2).repeat_interleave(n_pos).int(),
+        torch.arange(1, n_pos + 1).repeat(2).int(),
+        tokens_CT,
+        StoreInfo(model="stories260k", hookpoint=HOOK, d_in=64, n_tokens=2 * n_pos),
+    )
+    sae = saelab.make_sae("relu", 64, 8, seed=0)
+    with torch.no_grad():
+        sae.W_enc_DF.zero_()
+        sae.W_enc_DF[torch.arange(8), torch.arange(8)] = 1.0
+        sae.b_enc_F.zero_()
+        sae.b_dec_D.zero_()
+    stats = feature_stats(sae, store, top_k=5)
+    contexts = top_contexts(stats, store, tok, 3, window=2)
+    assert [(c.context, c.position, c.value) for c in contexts] == [
+        (0, f_at, 5.0),
+        (0, had_at, 1.0),
+    ]
+    first = contexts[0]
+    assert "".join([*first.left, first.token, *first.right]) == " had a fever"
+    for c in contexts:
+        shown = "".join([*c.left, c.token, *c.right])
+        assert "<s>" not in shown and "</s>" not in shown and "She" not in shown
+
+
+def test_nearest_features_brute_force():
+    a = saelab.make_sae("topk", 64, 150, k=8, seed=3)
+    b = saelab.make_sae("relu", 64, 90, seed=4)
+    cos_aa, cos_ab = _cosines(a.W_dec_FD, a.W_dec_FD), _cosines(a.W_dec_FD, b.W_dec_FD)
+    near = nearest_features(a, 7, {"a": a, "layer 3": b}, top_k=3)
+    own = cos_aa[7].clone()
+    own[7] = float("-inf")
+    want_a, want_b = own.topk(3).indices.tolist(), cos_ab[7].topk(3).indices.tolist()
+    assert [(n.source, n.latent) for n in near] == [("a", i) for i in want_a] + [
+        ("layer 3", i) for i in want_b
+    ]
+    assert near[0].cosine == pytest.approx(float(own.max().detach()), abs=1e-6)
+    assert int(own.argmax()) == near[0].latent  # the brute-force argmax, itself left out
+    assert [n.source for n in nearest_features(a, 7, top_k=2)] == ["this SAE"] * 2
+
+
+def test_rank_latents_and_prompt_codes(sae, stories):
+    text = "The patient had a fever."
+    codes = prompt_codes(sae, stories, HOOK, text)
+    ids = stories.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert codes.tokens == [token_str(stories.tokenizer, i) for i in ids]
+    assert codes.codes_TF.shape == (len(ids), 128)
+    for t in range(len(ids)):
+        ranked = rank_latents(codes.codes_TF[t], top_k=6)
+        by_hand = sorted(
+            ((f, v) for f, v in enumerate(codes.codes_TF[t].tolist()) if v != 0),
+            key=lambda fv: (-fv[1], fv[0]),
+        )[:6]
+        assert ranked == by_hand
+    assert rank_latents(torch.tensor([0.0, 2.0, 0.0, 2.0, 1.0]), 10) == [
+        (1, 2.0),
+        (3, 2.0),
+        (4, 1.0),
+    ]
+
+
+def test_informative_latent_by_hand():
+    """Densities 0.5, 0.009, 0.002, 0, 0.009 over 1000 tokens: latents 1 and 4 are the most
+    frequent under 1% (tie: lower id); with everything dense, the least dense alive one."""
+
+    def stats(counts):
+        count_F = torch.tensor(counts)
+        zeros = torch.zeros(len(counts))
+        return FeatureStats(1000, count_F, count_F / 1000, zeros, zeros, zeros[:, None], None)
+
+    assert informative_latent(stats([500, 9, 2, 0, 9])) == 1
+    assert informative_latent(stats([500, 90, 0, 200])) == 1
+    assert informative_latent(stats([0, 0])) == 0
+
+
+def test_logit_histogram_covers_the_vocabulary(sae, stories):
+    logits_V = logit_vector(sae, stories, 5)
+    hf = stories._module
+    by_hand = hf.lm_head.weight @ (sae.W_dec_FD[5] * hf.model.norm.weight)
+    torch.testing.assert_close(logits_V, by_hand.detach())
+    hist = logit_histogram(logits_V, n_bins=20)
+    assert int(hist.counts_B.sum()) == len(logits_V) == 512
+    assert float(hist.edges_B1[0]) == pytest.approx(float(by_hand.min()))
+    assert float(hist.edges_B1[-1]) == pytest.approx(float(by_hand.max()))
