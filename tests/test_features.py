@@ -559,8 +559,8 @@ def test_informative_latent_by_hand():
 def test_logit_histogram_covers_the_vocabulary(sae, stories):
     logits_V = logit_vector(sae, stories, 5)
     hf = stories._module
-    by_hand = hf.lm_head.weight @ (sae.W_dec_FD[5] * hf.model.norm.weight)
-    torch.testing.assert_close(logits_V, by_hand.detach())
+    by_hand = (hf.lm_head.weight @ (sae.W_dec_FD[5] * hf.model.norm.weight)).detach()
+    torch.testing.assert_close(logits_V, by_hand)
     hist = logit_histogram(logits_V, n_bins=20)
     assert int(hist.counts_B.sum()) == len(logits_V) == 512
     assert float(hist.edges_B1[0]) == pytest.approx(float(by_hand.min()))

@@ -101,6 +101,9 @@ class FeatureExplorer(widgets.VBox):
         if len(store) == 0:
             raise ValueError("the store is empty")
         self.sae, self.model, self.hookpoint, self.store = sae, model, hookpoint, store
+        self.n_latents = int(sae.cfg.width)
+        if latent is not None:
+            self._check_latent(latent)  # before the store is indexed
         self.encoder = sae if k is None else sae.at_k(k)
         self.index = FeatureIndex(
             self.encoder,
@@ -116,7 +119,6 @@ class FeatureExplorer(widgets.VBox):
         self.top_k, self.window, self.n_bins = top_k, window, n_bins
         self.prompt_top_k, self.labels, self.vocabulary = prompt_top_k, labels, vocabulary
         self.tokenizer = model.tokenizer
-        self.n_latents = int(sae.cfg.width)
         self.stats = self.index.stats
         self._top_ids = top_token_ids(self.stats, store)
         self._top_pieces: dict[int, list[str]] = {}  # latent -> its top tokens' strings
