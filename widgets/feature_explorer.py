@@ -19,17 +19,15 @@ from collections.abc import Callable, Mapping
 
 import ipywidgets as widgets
 
-from saelab.data import load_prompts, token_str, vocabulary
+from saelab.data import load_prompts, token_str
 from saelab.features import (
     FeatureIndex,
-    highest_share_latent,
     informative_latent,
     prompt_codes,
     rank_latents,
-    search_top_tokens,
     top_token_ids,
-    vocabulary_shares,
 )
+from saelab.features.codes import MAX_ENTRIES
 from saelab.features.prompt import TokenLatents
 from saelab.models import parse_hookpoint
 from saelab.sae import check_fits
@@ -37,8 +35,7 @@ from saelab.sae import check_fits
 from . import feature_html as views
 from . import feature_panels as panels
 from .feature_layout import build_layout, wire_events
-
-MAX_MATCHES = 200  # search results listed in the dropdown (a common piece matches thousands)
+from .feature_search import LatentSearch
 
 
 def _default_prompt() -> str:
@@ -48,7 +45,7 @@ def _default_prompt() -> str:
         return "Once upon a time there was a cat"
 
 
-class FeatureExplorer(widgets.VBox):
+class FeatureExplorer(LatentSearch, widgets.VBox):
     """Per-latent views of ``sae`` over ``store`` (harvested at ``hookpoint`` of ``model``).
 
     Arguments: ``store`` an ``ActivationStore`` of the hookpoint (``saelab.harvest``);
@@ -60,7 +57,9 @@ class FeatureExplorer(widgets.VBox):
     layer SAEs; default: this SAE); ``labels`` a mapping or callable latent -> label
     (default: ``sae.latent_label``, which names a residual SAE's block); ``vocabulary`` the
     words of the "most medical" button; ``prompt`` the prompt box's text; ``prompt_top_k``
-    latents listed per prompt token; ``progress`` a tqdm bar while indexing.
+    latents listed per prompt token; ``progress`` a tqdm bar while indexing; ``max_entries``
+    the most non-zero codes the index keeps (beyond it, or at 0, each latent change scans
+    the store: exact but slower).
 
     Attributes: controls ``latent`` (IntText: an id out of range shows an ``fe-error`` and
     keeps the view), ``prev``, ``next``, ``random``, ``search``, ``matches``,
@@ -89,6 +88,7 @@ class FeatureExplorer(widgets.VBox):
         n_bins: int = 30,
         prompt_top_k: int = 10,
         progress: bool = True,
+        max_entries: int = MAX_ENTRIES,
     ):
         parse_hookpoint(model, hookpoint)  # clear error for an unknown hookpoint
         check_fits(
@@ -115,6 +115,7 @@ class FeatureExplorer(widgets.VBox):
             neighbour_saes={"this SAE": sae, **(neighbour_saes or {})},
             progress=progress,
             decoder=sae,
+            max_entries=max_entries,
         )
         self.top_k, self.window, self.n_bins = top_k, window, n_bins
         self.prompt_top_k, self.labels, self.vocabulary = prompt_top_k, labels, vocabulary
@@ -133,17 +134,6 @@ class FeatureExplorer(widgets.VBox):
         self.refresh()
 
     # --- public API ----------------------------------------------------------------------------
-    @property
-    def vocabulary(self) -> set[str] | None:
-        """The medical words for ``most_medical`` (None: ``saelab.data.vocabulary("medical")``);
-        setting it clears the cached shares."""
-        return self._vocabulary
-
-    @vocabulary.setter
-    def vocabulary(self, words: set[str] | None) -> None:
-        self._vocabulary = None if words is None else set(words)
-        self._medical_shares = None
-
     def latent_label(self, latent: int) -> str:
         """The label of ``latent``: from ``labels`` if given, else the SAE's own
         (``"latent 12"``, or ``"medical latent 12 (#4620)"`` for a residual SAE)."""
@@ -157,32 +147,6 @@ class FeatureExplorer(widgets.VBox):
     def set_latent(self, latent: int) -> None:
         """Show ``latent`` (ValueError outside ``0 .. width - 1``)."""
         self.latent.value = self._check_latent(latent)
-
-    def top_tokens(self, latent: int) -> list[str]:
-        """The token strings of ``latent``'s top-activating store rows, strongest first."""
-        latent = int(latent)
-        if latent not in self._top_pieces:
-            self._top_pieces[latent] = [self._piece(i) for i in self._top_ids[latent]]
-        return self._top_pieces[latent]
-
-    def search_latents(self, query: str) -> list[int]:
-        """Latents whose top tokens contain ``query`` (case-insensitive, surrounding spaces
-        ignored), most matching top tokens first, then by max code. Empty query: none."""
-        pieces = (self.top_tokens(f) for f in range(self.n_latents))  # read only if searched
-        return search_top_tokens(pieces, query, self.stats.max_act_F)
-
-    def medical_shares(self):
-        """Share (float64 ``[F]``) of each latent's top tokens in the medical vocabulary
-        (``saelab.features.vocabulary_shares``); 0 for dead latents."""
-        if self._medical_shares is None:
-            words = vocabulary("medical") if self.vocabulary is None else self.vocabulary
-            self._medical_shares = vocabulary_shares(self.stats, self.store, self.tokenizer, words)
-        return self._medical_shares
-
-    def most_medical_latent(self) -> int | None:
-        """The alive latent with the largest medical share (ties: higher density); None when no
-        latent has any medical top token."""
-        return highest_share_latent(self.medical_shares(), self.stats)
 
     def show_prompt(self, text: str) -> list[TokenLatents]:
         """Run ``text`` through the model once: shade its tokens by the selected latent
@@ -272,41 +236,6 @@ class FeatureExplorer(widgets.VBox):
     def _on_random(self, _button=None) -> None:
         alive = self.index.alive
         self.latent.value = self._rng.choice(alive) if alive else 0
-
-    def _on_search(self, change) -> None:
-        query = change["new"]
-        with self.matches.hold_trait_notifications():
-            self.matches.options = [("— search top tokens —", None)]
-            self.matches.value = None
-        if not query.strip():
-            self.status.value = ""
-            return
-        found = self.search_latents(query)
-        options, note = views.search_results(
-            found, query, self.top_tokens, self.latent_label, MAX_MATCHES
-        )
-        with self.matches.hold_trait_notifications():
-            self.matches.options = options
-            self.matches.value = None
-        self.status.value = note
-
-    def _on_match(self, change) -> None:
-        if change["new"] is not None:
-            self.latent.value = int(change["new"])
-
-    def _on_most_medical(self, _button=None) -> None:
-        try:
-            best = self.most_medical_latent()
-        except FileNotFoundError as err:
-            self.status.value = views.note_html(str(err), error=True)
-            return
-        if best is None:
-            self.status.value = views.note_html("no alive latent has a medical top token")
-            return
-        share = float(self.medical_shares()[best])
-        note = f"most medical: {self.latent_label(best)} ({share:.0%} of its top tokens)"
-        self.latent.value = best
-        self.status.value = views.note_html(note)
 
     def _on_run_prompt(self, _button=None) -> None:
         self.show_prompt(self.prompt.value)
