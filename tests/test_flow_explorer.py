@@ -202,6 +202,35 @@ def test_zero_strength_reproduces_the_unsteered_text_and_a_large_one_changes_it(
     assert term.coefficient == pytest.approx(expected, rel=1e-5)
 
 
+def section_with_testid(html_text: str, testid: str) -> str:
+    found = re.search(rf"<div data-testid='{testid}'>(.*)</div>", html_text, flags=re.S)
+    assert found, f"no data-testid={testid!r} section"
+    return found.group(1)
+
+
+def test_ui_contract_classes_and_testids(explorer, seed):
+    """The selectors tests/browser finds the controls and views by (notes: UI contract)."""
+    controls = {
+        "saelab-flow-graph": explorer.figure,
+        "saelab-flow-node": explorer.node,
+        "saelab-flow-schedule": explorer.schedule,
+        "saelab-flow-strength": explorer.strength,
+        "saelab-flow-prompt": explorer.prompt,
+        "saelab-flow-run": explorer.run,
+    }
+    for css_class, widget in controls.items():
+        assert css_class in widget._dom_classes
+    explorer.select(seed)
+    panel = section_with_testid(explorer.feature_html.value, "flow-feature")
+    assert f"resid_post.3 latent {seed[2]}" in panel
+    explorer.strength.value = explorer.strength.max
+    unsteered, steered = explorer.generate()
+    assert html.escape(steered) in section_with_testid(explorer.steered_html.value, "flow-steered")
+    unsteered_box = section_with_testid(explorer.unsteered_html.value, "flow-unsteered")
+    assert html.escape(unsteered) in unsteered_box and html.escape(steered) not in unsteered_box
+    assert "strength 20:" in explorer.plan_html.value.split("data-testid='flow-plan'>")[1]
+
+
 def test_missing_store_is_refused(stories, saes, stores, seed):
     partial = {h: s for h, s in stores.items() if h != "attn_out.2"}
     with pytest.raises(ValueError, match="attn_out.2: no store"):

@@ -138,6 +138,15 @@ class FlowExplorer(widgets.VBox):
                 widgets.HBox([self.unsteered_html, self.steered_html]),
             ]
         )
+        for widget, name in (
+            (self.figure, "graph"),
+            (self.node, "node"),
+            (self.schedule, "schedule"),
+            (self.strength, "strength"),
+            (self.prompt, "prompt"),
+            (self.run, "run"),
+        ):
+            widget.add_class(f"saelab-flow-{name}")  # the UI contract's selectors
         self._show_texts(None, None)
         self.node.observe(self._on_node, names="value")
         for trace in self._node_traces():
@@ -167,7 +176,7 @@ class FlowExplorer(widgets.VBox):
         )
         effects = logit_effects(sae, self.model, feature, top_k=self.top_k)
         label = str(attrs.get("label") or sae.latent_label(feature))
-        self.feature_html.value = (
+        self.feature_html.value = flow_html.feature_panel_html(
             views.header_html(stats, feature, label, int(sae.cfg.width))
             + "<div style='display:flex; gap:16px'>"
             + f"<div>{views.contexts_html(self.contexts, float(stats.max_act_F[feature]))}</div>"

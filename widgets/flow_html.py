@@ -2,7 +2,9 @@
 steering plan (`saelab.steer.from_graph`) to dropdown options and HTML strings, styled by the
 classes of `STYLE`. A node's contexts and logit effects reuse `feature_html`'s renderers.
 
-Class names (`fl-*`) are what tests and page CSS select on.
+Class names (`fl-*`) are what page CSS selects on; each section's outermost element carries
+the `data-testid` of the UI contract (`flow-feature`, `flow-plan`, `flow-unsteered`,
+`flow-steered`) that the browser tests select on.
 """
 
 from __future__ import annotations
@@ -79,15 +81,24 @@ def edges_html(graph, node) -> str:
     )
 
 
+def feature_panel_html(body: str) -> str:
+    """The selected node's panel (`body`: its header, contexts, logits and edges)."""
+    return f"<div data-testid='flow-feature'>{body}</div>"
+
+
 def generated_html(title: str, prompt: str, text: str | None) -> str:
     """A titled box with the prompt (greyed) followed by the generated `text` (None: not run
-    yet)."""
+    yet); `title` ("unsteered" or "steered") names its testid, `flow-<title>`."""
     body = (
         "<i>press generate</i>"
         if text is None
         else f"<span class='fl-prompt'>{show_piece(prompt)}</span>{html.escape(text)}"
     )
-    return f"<h4>{html.escape(title)}</h4><pre class='fl-text'>{body}</pre>"
+    testid = html.escape(f"flow-{title}", quote=True)
+    return (
+        f"<div data-testid='{testid}'><h4>{html.escape(title)}</h4>"
+        f"<pre class='fl-text'>{body}</pre></div>"
+    )
 
 
 def plan_html(plan: Sequence, schedule: str, layer: int, strength: float) -> str:
@@ -98,6 +109,6 @@ def plan_html(plan: Sequence, schedule: str, layer: int, strength: float) -> str
     )
     where = f"layer {layer}" if schedule == "single" else f"layers <= {layer}"
     return (
-        f"<div class='fl-plan'>{schedule} ({where}), strength {strength:g}: "
-        f"{len(plan)} term(s): {terms or '—'}</div>"
+        f"<div class='fl-plan' data-testid='flow-plan'>{schedule} ({where}), "
+        f"strength {strength:g}: {len(plan)} term(s): {terms or '—'}</div>"
     )
