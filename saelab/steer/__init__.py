@@ -10,10 +10,18 @@ steps 6 and 7; Laptev et al., arXiv 2502.03032).
     table = steer.sweep(model, prompts, {"graph": lambda s: steer.from_graph(graph, saes, s)},
                         strengths=[0, 2, 4, 8], lexicon="medicine")
     steer.summarize_sweep(table)
+    clf = steer.train_topic_classifier()   # never sees lexicon words; add classifier=clf to sweep
 
 Not imported by `import saelab` (it imports pandas); `from saelab import steer`.
 """
 
+from saelab.steer.classifier import (
+    TopicClassifier,
+    fit_topic_classifier,
+    label_paragraphs,
+    topic_probability,
+    train_topic_classifier,
+)
 from saelab.steer.decode import generate, generate_ids, prompt_ids
 from saelab.steer.plan import (
     SCHEDULES,
@@ -27,23 +35,27 @@ from saelab.steer.plan import (
     typical_activation,
     unit_direction,
 )
-from saelab.steer.sweep import (
-    METRICS,
+from saelab.steer.sweep import METRICS, generated_ce, summarize_sweep, sweep
+from saelab.steer.topics import (
     compression_ratio,
     distinct_2,
-    generated_ce,
+    lexicon_scores,
     load_lexicon,
-    summarize_sweep,
-    sweep,
+    promoted_token_ids,
+    topic_feature,
     topic_score,
     words,
 )
-from saelab.steer.topics import lexicon_scores, promoted_token_ids, topic_feature
 
 __all__ = [
     "METRICS",
     "SCHEDULES",
     "SteeringTerm",
+    "TopicClassifier",
+    "fit_topic_classifier",
+    "label_paragraphs",
+    "topic_probability",
+    "train_topic_classifier",
     "compression_ratio",
     "distinct_2",
     "from_graph",
