@@ -21,9 +21,9 @@ class LabPage:
     """``path`` (relative to the server root) opened in its own browser context; every console
     error and uncaught page error is kept in ``console_errors``."""
 
-    def __init__(self, browser, lab, path: str):
+    def __init__(self, browser, lab, path: str, viewport: dict | None = None):
         self.lab, self.path = lab, path
-        self.context = browser.new_context(viewport=VIEWPORT)
+        self.context = browser.new_context(viewport=viewport or VIEWPORT)
         self.page = self.context.new_page()
         self.console_errors: list[str] = []
         self.page.on(
@@ -31,13 +31,17 @@ class LabPage:
             lambda m: m.type == "error" and self.console_errors.append(f"console: {m.text}"),
         )
         self.page.on("pageerror", lambda e: self.console_errors.append(f"pageerror: {e}"))
-        self.page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}")
+        # a workspace of its own, reset: JupyterLab would otherwise reopen earlier notebooks
+        workspace = "".join(c if c.isalnum() else "-" for c in path)
+        self.page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{path}?reset&token={lab.token}")
         self.page.wait_for_function(
             f"() => {NOTEBOOK_JS}?.context?.path === {path!r} && {KERNEL_STATUS_JS} === 'idle'",
             timeout=120_000,
         )
 
     def close(self) -> None:
+        """Shut the notebook's kernel down (each holds its model) and close the page."""
+        self.page.evaluate(f"async () => {{ await {NOTEBOOK_JS}?.sessionContext.shutdown(); }}")
         self.context.close()
 
     # --- running ---------------------------------------------------------------------------
@@ -93,14 +97,25 @@ class LabPage:
         found = {what: items for what, items in self.problems().items() if items}
         assert not found, f"{self.path}: {found}"
 
-    def screenshot(self, path: Path, selector: str | None = None) -> None:
-        """The whole window, or the element `selector` (scrolled into view) alone."""
+    def screenshot(self, path: Path, selector: str | None = None, index: int = 0) -> None:
+        """The whole window, or the `index`-th element `selector` scrolled to the top of the
+        notebook and cut to the part of it the notebook shows (a long dashboard: its top)."""
         if selector is None:
             self.page.screenshot(path=str(path))
-        else:
-            element = self.page.locator(selector).first
-            element.scroll_into_view_if_needed()
-            element.screenshot(path=str(path))
+            return
+        clip = (
+            self.page.locator(selector)
+            .nth(index)
+            .evaluate(
+                """el => { el.scrollIntoView({block: 'start'});
+              const box = el.getBoundingClientRect();
+              const view = el.closest('.jp-Notebook').getBoundingClientRect();
+              const top = Math.max(box.top, view.top);
+              return {x: box.left, y: top, width: box.width,
+                      height: Math.min(box.bottom, view.bottom) - top}; }"""
+            )
+        )
+        self.page.screenshot(path=str(path), clip=clip)
 
     # --- acting on the dashboards ----------------------------------------------------------
     def control(self, css_class: str, inner: str):

@@ -13,13 +13,14 @@ from labpage import LabPage
 from playwright.sync_api import expect
 
 RUN_S = 300  # the notebook: stories260K, 7 tiny SAEs, three dashboards
+SCREEN = {"width": 1280, "height": 1200}  # the dashboards' screenshots show this much
 VIEW_MS = 30_000  # a control change to the updated view (the kernel may be busy)
 
 
 @pytest.fixture(scope="module")
 def dash(lab, browser):
     write_notebook(lab.root / "dashboards.ipynb")
-    page = LabPage(browser, lab, "dashboards.ipynb")
+    page = LabPage(browser, lab, "dashboards.ipynb", viewport=SCREEN)
     try:
         page.run_all(RUN_S)
         page.assert_no_problems()
