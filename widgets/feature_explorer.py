@@ -22,13 +22,13 @@ import ipywidgets as widgets
 from saelab.data import load_prompts, token_str
 from saelab.features import (
     FeatureIndex,
+    TokenLatents,
     informative_latent,
     prompt_codes,
     rank_latents,
     top_token_ids,
 )
 from saelab.features.codes import MAX_ENTRIES
-from saelab.features.prompt import TokenLatents
 from saelab.models import parse_hookpoint
 from saelab.sae import check_fits
 
