@@ -37,6 +37,9 @@ class SAEConfig:
     input_scale: float = 1.0  # s folded into the weights; 1.0 means "raw units" all along
     decoder_bias: bool = True  # False: b_dec is a zero buffer, not learned (residual SAEs)
     training: dict = field(default_factory=dict)  # the TrainConfig a trainer used, for the record
+    neuronpedia_id: str = ""  # e.g. "gemma-2-2b/12-gemmascope-res-16k": dashboards link to it
+    # Where a loaded foreign SAE came from (saelab.interop): format, file, its own hook name
+    source: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -47,13 +47,22 @@ def load_sae(
 ) -> SAE:
     """Load a saved SAE folder exactly (bit for bit; `dtype` casts it after loading).
 
+    Other tools' folders (SAELens, Gemma Scope, Llama Scope, sparsify, dictionary_learning)
+    load through `saelab.interop`, told by their files, as float32 unless `dtype`; a foreign
+    SAE whose file names no hookpoint takes `hookpoint`.
     With `model` (an nnsight model or a Hugging Face one), also check that the SAE's `d_in`
     is the model's hidden size; with `hookpoint`, that it was trained there.
     """
+    from saelab.interop import detect_format, load_foreign
     from saelab.models import d_model
 
-    cls = sae_class(read_cfg(folder).get("kind"), where=str(folder))
-    sae = cls.load_folder(folder)
+    fmt = detect_format(folder)
+    if fmt == "saelab":
+        sae = sae_class(read_cfg(folder).get("kind"), where=str(folder)).load_folder(folder)
+    else:
+        sae = load_foreign(folder, dtype=dtype, fmt=fmt)
+        if hookpoint and not sae.cfg.hookpoint:
+            sae.cfg.hookpoint = str(hookpoint)
     check_fits(
         sae.cfg,
         f"{folder}: this SAE",

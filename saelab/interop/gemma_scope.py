@@ -1,0 +1,113 @@
+"""Gemma Scope `params.npz` and Gemma Scope 2 `params.safetensors` + `config.json`.
+
+Both are JumpReLU SAEs that do **not** subtract b_dec before encoding: `pre = x W_enc +
+b_enc`, `f = pre·1[pre > θ]` (with a ReLU in front, which θ >= 0 makes a no-op), which is
+saelab's JumpReLU as it is. Gemma Scope has no config: the layer comes from the path
+(`layer_12/width_16k/...`) and the site from the release name in it (`-res`, `-mlp`);
+attention SAEs read `hook_z` (heads before the output projection), which saelab has no
+hookpoint for, so their hook name is kept as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab.interop.common import (
+    build_sae,
+    check_tensors,
+    read_json,
+    read_safetensors,
+    saelab_hookpoint,
+)
+from saelab.sae.base import SAE
+
+NPZ_FILE = "params.npz"
+GS2_WEIGHTS = "params.safetensors"
+GS2_CFG = "config.json"
+_NPZ_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
+def jumprelu_shapes(names: tuple[str, ...], d: int, F: int) -> dict[str, tuple]:
+    w_enc, w_dec, b_enc, b_dec, threshold = names
+    return {w_enc: (d, F), w_dec: (F, d), b_enc: (F,), b_dec: (d,), threshold: (F,)}
+
+
+def gemma_scope_hookpoint(path: Path) -> str:
+    """`resid_post.L` / `mlp_out.L` / `blocks.L.attn.hook_z` from a Gemma Scope path."""
+    text = str(path.resolve())
+    layer = re.search(r"layer_(\d+)", text)
+    if layer is None:
+        return ""
+    L = int(layer.group(1))
+    if re.search(r"-res(?:-|/|$)|/res/", text):
+        return f"resid_post.{L}"
+    if re.search(r"-mlp(?:-|/|$)|/mlp/", text):
+        return f"mlp_out.{L}"
+    if re.search(r"-att(?:-|/|$)|/att/", text):
+        return f"blocks.{L}.attn.hook_z"
+    return ""
+
+
+def read_gemma_scope(folder: Path, dtype: torch.dtype) -> SAE:
+    path = folder / NPZ_FILE
+    try:
+        with np.load(path, allow_pickle=False) as npz:  # never unpickle
+            tensors = {name: torch.from_numpy(npz[name].copy()) for name in npz.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable .npz of arrays: {err}") from err
+    if "W_enc" not in tensors or tensors["W_enc"].ndim != 2:
+        raise ValueError(f"{path}: no 2-D W_enc, so no shapes to check the rest against")
+    d, F = tensors["W_enc"].shape
+    check_tensors(tensors, jumprelu_shapes(_NPZ_NAMES, d, F), path, f"W_enc [{d}, {F}]")
+    hookpoint = gemma_scope_hookpoint(folder)
+    return build_sae(
+        "jumprelu",
+        {
+            "W_enc_DF": tensors["W_enc"],
+            "W_dec_FD": tensors["W_dec"],
+            "b_enc_F": tensors["b_enc"],
+            "b_dec_D": tensors["b_dec"],
+            "threshold_F": tensors["threshold"],
+        },
+        dtype,
+        hookpoint=hookpoint,
+        source={"format": "gemma_scope", "path": str(path), "hook_name": hookpoint},
+    )
+
+
+def read_gemma_scope_2(folder: Path, dtype: torch.dtype) -> SAE:
+    cfg_path = folder / GS2_CFG
+    cfg = read_json(cfg_path) if cfg_path.exists() else {}
+    arch = cfg.get("architecture", "jump_relu")
+    if arch != "jump_relu":
+        raise ValueError(f"{cfg_path}: architecture {arch!r}; saelab reads jump_relu SAEs")
+    hook_in, hook_out = cfg.get("hf_hook_point_in"), cfg.get("hf_hook_point_out")
+    path = folder / GS2_WEIGHTS
+    tensors = read_safetensors(path)
+    if (hook_out and hook_out != hook_in) or "affine_skip_connection" in tensors:
+        raise ValueError(
+            f"{folder} is a transcoder ({hook_in} -> {hook_out}); saelab loads SAEs only"
+        )
+    if "w_enc" not in tensors or tensors["w_enc"].ndim != 2:
+        raise ValueError(f"{path}: no 2-D w_enc, so no shapes to check the rest against")
+    d, F = tensors["w_enc"].shape
+    names = ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
+    check_tensors(tensors, jumprelu_shapes(names, d, F), path, f"w_enc [{d}, {F}]")
+    return build_sae(
+        "jumprelu",
+        {
+            "W_enc_DF": tensors["w_enc"],
+            "W_dec_FD": tensors["w_dec"],
+            "b_enc_F": tensors["b_enc"],
+            "b_dec_D": tensors["b_dec"],
+            "threshold_F": tensors["threshold"],
+        },
+        dtype,
+        hookpoint=saelab_hookpoint(hook_in),
+        model=cfg.get("model_name") or "",
+        source={"format": "gemma_scope_2", "path": str(path), "hook_name": hook_in or ""},
+    )
