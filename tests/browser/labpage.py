@@ -41,8 +41,10 @@ class LabPage:
 
     def close(self) -> None:
         """Shut the notebook's kernel down (each holds its model) and close the page."""
-        self.page.evaluate(f"async () => {{ await {NOTEBOOK_JS}?.sessionContext.shutdown(); }}")
-        self.context.close()
+        try:
+            self.page.evaluate(f"async () => {{ await {NOTEBOOK_JS}?.sessionContext.shutdown(); }}")
+        finally:
+            self.context.close()
 
     # --- running ---------------------------------------------------------------------------
     def run_all(self, timeout_s: float) -> None:

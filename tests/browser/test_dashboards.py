@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from dashboards import FLOW_PROMPT, FLOW_STRENGTH, metrics_table, write_notebook
-from labpage import LabPage
 from playwright.sync_api import expect
+
+from .dashboards import FLOW_PROMPT, FLOW_STRENGTH, metrics_table, write_notebook
+from .labpage import LabPage
 
 RUN_S = 300  # the notebook: stories260K, 7 tiny SAEs, three dashboards
 SCREEN = {"width": 1280, "height": 1200}  # the dashboards' screenshots show this much

@@ -7,9 +7,10 @@ asserted the same outputs without a front end)."""
 from pathlib import Path
 
 import pytest
-from labpage import LabPage
 
 from saelab.paths import REPO_ROOT
+
+from .labpage import LabPage
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 NOTEBOOK_TIMEOUT_S = 900
