@@ -121,9 +121,18 @@ def shown_values(dash) -> tuple[str, list[float]]:
     return figure["title"], sorted(round(v, 6) for v in figure["y"])
 
 
-def table_values(metric: str, evaluated_on: str) -> list[float]:
+def table_values(metric: str, evaluated_on: str, **only) -> list[float]:
+    """The table's `metric` on `evaluated_on` rows (and `column=[values]` of `only`)."""
     t = metrics_table()
-    return sorted(round(v, 6) for v in t[t.evaluated_on == evaluated_on][metric])
+    t = t[t.evaluated_on == evaluated_on]
+    for column, values in only.items():
+        t = t[t[column].isin(values)]
+    return sorted(round(v, 6) for v in t[metric])
+
+
+def wait_for_points(dash, n: int) -> None:
+    dash.page.wait_for_function(f"n => ({FIGURE_JS})().y.length === n", arg=n, timeout=VIEW_MS)
+    dash.page.wait_for_timeout(500)  # the redraw lands in one batch; let it finish
 
 
 def test_metrics_dashboard_metric_and_evaluation_set_redraw_the_figure(dash, screenshots):
@@ -140,12 +149,13 @@ def test_metrics_dashboard_metric_and_evaluation_set_redraw_the_figure(dash, scr
     new_set = "broad" if start_set == "medical" else "medical"
     dash.select("saelab-md-evaluated-on", new_set)
     expected = table_values(new_metric, new_set)
-    dash.page.wait_for_function(
-        f"n => ({FIGURE_JS})().y.length === n && ({FIGURE_JS})().title !== ''",
-        arg=len(expected),
-        timeout=VIEW_MS,
-    )
-    dash.page.wait_for_timeout(500)  # the redraw lands in one batch; let it finish
+    wait_for_points(dash, len(expected))
+    assert shown_values(dash) == (title, expected)
+    # the multi-selects: one kind and one width left
+    dash.control("saelab-md-kind", "select").select_option(label=["topk"])
+    dash.control("saelab-md-widths", "select").select_option(label=["64"])
+    expected = table_values(new_metric, new_set, kind=["topk"], width=[64])
+    wait_for_points(dash, len(expected))
     assert shown_values(dash) == (title, expected)
     dash.screenshot(screenshots / "metrics_dashboard.png", output_with(".saelab-md-figure"))
 
@@ -159,6 +169,34 @@ def test_flow_explorer_node_dropdown_changes_the_panel(dash):
         dash.control("saelab-flow-node", "select").select_option(index=index)
         node_name = options[index].split(":")[0]  # e.g. "mlp_out.3 latent 12"
         expect(panel).to_contain_text(node_name, timeout=VIEW_MS)
+
+
+POINTS_JS = """() => [...document.querySelectorAll('.saelab-flow-graph .scatterlayer .point')]
+    .map(p => { const b = p.getBoundingClientRect();
+                return {x: b.x + b.width / 2, y: b.y + b.height / 2,
+                        opacity: Number(getComputedStyle(p).opacity)}; })"""
+
+
+def test_flow_explorer_clicking_a_graph_node_selects_it(dash):
+    """A click on a faded marker of the figure selects that node: the dropdown and the
+    panel follow, and the marker is the one highlighted."""
+    dash.page.locator(".saelab-flow-graph").first.scroll_into_view_if_needed()
+    node = dash.control("saelab-flow-node", "select")
+    before = node.input_value()
+    points = dash.page.evaluate(POINTS_JS)
+    assert len(points) == len(option_texts(dash, "saelab-flow-node"))  # one marker per node
+    faded = [p for p in points if p["opacity"] < 1]
+    assert len(faded) == len(points) - 1  # the selected node alone is opaque
+    dash.page.mouse.click(faded[0]["x"], faded[0]["y"])
+    expect(node).not_to_have_value(before, timeout=VIEW_MS)
+    name = node.locator("option:checked").text_content().replace("\xa0", " ").split(":")[0]
+    expect(dash.testid("flow-feature")).to_contain_text(name, timeout=VIEW_MS)
+    dash.page.wait_for_function(
+        f"xy => ({POINTS_JS})().some(p => p.opacity === 1 && Math.abs(p.x - xy[0]) < 2"
+        " && Math.abs(p.y - xy[1]) < 2)",
+        arg=[faded[0]["x"], faded[0]["y"]],
+        timeout=VIEW_MS,
+    )
 
 
 def test_flow_explorer_steers_from_a_prompt(dash, screenshots):
