@@ -113,10 +113,13 @@ def check_tensors(
 
 
 def exact_log(threshold_F: torch.Tensor) -> torch.Tensor:
-    """`log θ` such that `exp` gives θ back bit for bit (JumpReLU stores log θ).
+    """`log θ` whose `exp` is θ bit for bit where float `exp` can reach θ (JumpReLU stores
+    log θ): always for a θ that saelab wrote (it is an `exp`), and otherwise the nearest
+    (small θ fall between two `exp` values; one ulp, so codes differ only for
+    pre-activations within an ulp of θ). Plain `log` can miss by an ulp: it is nudged.
 
     θ <= 0 becomes log 0 = -inf (exp gives 0): every tool here also applies a ReLU, so a
-    non-positive threshold acts as 0. Where plain `log` misses by an ulp, it is nudged.
+    non-positive threshold acts as 0.
     """
     threshold_F = threshold_F.clamp_min(0)
     log_F = threshold_F.log()

@@ -1,0 +1,97 @@
+"""`saelab.load_sae` tells formats by their files; hook names map to saelab's; errors."""
+
+from types import SimpleNamespace
+
+import pytest
+from interop_reference import D, F, perturbed
+
+from saelab import interop, load_sae
+
+
+@pytest.mark.parametrize(
+    "name, hookpoint",
+    [
+        ("blocks.12.hook_resid_post", "resid_post.12"),
+        ("blocks.0.hook_mlp_out", "mlp_out.0"),
+        ("blocks.5.hook_attn_out", "attn_out.5"),
+        ("layers.12", "resid_post.12"),
+        ("model.layers.12", "resid_post.12"),
+        ("model.layers.12.output", "resid_post.12"),
+        ("layers.3.mlp", "mlp_out.3"),
+        ("layers.3.self_attn", "attn_out.3"),
+        ("model.layers.7.post_feedforward_layernorm.output", "mlp_out.7"),
+        ("resid_post_layer_4", "resid_post.4"),
+        ("attn_out_layer_2", "attn_out.2"),
+        # heads before the output projection: saelab has no such site, the name is kept
+        ("blocks.3.attn.hook_z", "blocks.3.attn.hook_z"),
+        ("model.layers.3.self_attn.o_proj.input", "model.layers.3.self_attn.o_proj.input"),
+    ],
+)
+def test_hook_names_map_to_saelab_hookpoints(name, hookpoint):
+    assert interop.saelab_hookpoint(name) == hookpoint
+
+
+@pytest.mark.parametrize(
+    "save, fmt",
+    [
+        (lambda sae, p: sae.save(p), "saelab"),
+        (interop.save_sae_lens, "sae_lens"),
+        (interop.save_dictionary_learning, "dictionary_learning"),
+        (interop.save_sparsify, "sparsify"),
+    ],
+)
+def test_formats_are_told_by_their_files(tmp_path, save, fmt):
+    folder = save(perturbed("topk"), tmp_path / "out")
+    assert interop.detect_format(folder) == fmt
+    assert load_sae(folder).cfg.source.get("format", "saelab") == fmt
+
+
+def test_saelab_folders_load_as_before(tmp_path):
+    """A saelab folder keeps its file dtype and loads bit for bit (no interop conversion)."""
+    sae = perturbed("jumprelu").double()
+    loaded = load_sae(sae.save(tmp_path / "sae"))
+    assert loaded.W_dec_FD.dtype == sae.W_dec_FD.dtype
+    assert all(loaded.state_dict()[k].equal(v) for k, v in sae.state_dict().items())
+    assert loaded.cfg.source == {} and loaded.cfg.neuronpedia_id == "tiny/3-res"
+
+
+def test_unknown_format_names_the_folder_and_its_files(tmp_path):
+    folder = tmp_path / "mystery"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(
+        ValueError, match=r"mystery: unknown SAE format \(found \['weights.bin'\]\)"
+    ):
+        load_sae(folder)
+    (folder / "cfg.json").write_text('{"something": 1}')
+    with pytest.raises(ValueError, match="unknown SAE format"):
+        load_sae(folder)
+    with pytest.raises(FileNotFoundError, match="no SAE folder"):
+        load_sae(tmp_path / "absent")
+
+
+def test_foreign_sae_must_fit_the_model(tmp_path):
+    folder = interop.save_sae_lens(perturbed("relu"), tmp_path / "lens")
+    wrong = SimpleNamespace(config=SimpleNamespace(hidden_size=D + 8))
+    with pytest.raises(ValueError, match=rf"lens: this SAE takes d_in={D}.*hidden size is {D + 8}"):
+        load_sae(folder, model=wrong)
+    right = SimpleNamespace(config=SimpleNamespace(hidden_size=D))
+    assert load_sae(folder, model=right).cfg.width == F
+    with pytest.raises(ValueError, match="was trained on resid_post.3, not resid_post.4"):
+        load_sae(folder, hookpoint="resid_post.4")
+
+
+def test_writers_are_atomic(tmp_path, monkeypatch):
+    """A write that fails after the weights are written leaves the previous folder whole and
+    no half-written sibling."""
+    folder = interop.save_sae_lens(perturbed("relu"), tmp_path / "lens")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(interop.sae_lens.json, "dumps", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        interop.save_sae_lens(perturbed("topk"), tmp_path / "lens")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lens"]
