@@ -68,17 +68,17 @@ def assert_encodes(sae, x: np.ndarray, f_ref: np.ndarray, x_hat_ref: np.ndarray)
     np.testing.assert_allclose(x_hat.double().numpy(), x_hat_ref, atol=1e-5, rtol=1e-5)
 
 
-def perturbed(kind: str, seed: int = 3, **options):
+def perturbed(kind: str, seed: int = 3, d: int = D, width: int = F, **options):
     """A saelab SAE of `kind` with random biases, encoder noise, thresholds and decoder row
     norms, on hookpoint resid_post.3 of a named model."""
     options = {**({"k": K} if kind in ("topk", "batchtopk") else {}), **options}
-    sae = make_sae(kind, D, F, seed=seed, hookpoint="resid_post.3", model="org/tiny", **options)
+    sae = make_sae(kind, d, width, seed=seed, hookpoint="resid_post.3", model="org/tiny", **options)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        sae.W_enc_DF.add_(0.1 * torch.randn(D, F, generator=g))
-        sae.W_dec_FD.mul_(torch.rand(F, 1, generator=g) + 0.5)
-        sae.b_enc_F.copy_(0.3 * torch.randn(F, generator=g))
-        sae.b_dec_D.copy_(0.5 * torch.randn(D, generator=g))
+        sae.W_enc_DF.add_(0.1 * torch.randn(d, width, generator=g))
+        sae.W_dec_FD.mul_(torch.rand(width, 1, generator=g) + 0.5)
+        sae.b_enc_F.copy_(0.3 * torch.randn(width, generator=g))
+        sae.b_dec_D.copy_(0.5 * torch.randn(d, generator=g))
         if kind == "jumprelu":
             sae.log_threshold_F.uniform_(math.log(0.05), math.log(1.0), generator=g)
         if kind == "batchtopk":
