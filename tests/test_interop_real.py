@@ -7,6 +7,7 @@ import pytest
 import torch
 from interop_reference import perturbed
 
+import saelab
 from saelab import interop, load_sae
 
 D_MODEL, WIDTH, K = 64, 256, 8
@@ -134,3 +135,45 @@ def test_sparsify_sae_loads_in_saelab(tmp_path, x_ND):
         top_acts, top_idx, _ = theirs.encode(x_ND)
         f_NF = dense(top_acts, top_idx, WIDTH)
     assert_agree(sae, x_ND, f_NF, lambda f_NF: decode_dense(theirs, f_NF))
+
+
+def test_residual_sae_trains_on_a_frozen_sae_lens_base(tmp_path, medical_store):
+    """The residual paper's setting: a SAELens SAE, loaded, frozen, and a residual SAE
+    trained on what it leaves; the base is untouched and the error drops."""
+    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens_sae(sae_lens, "jumprelu").save_model(tmp_path / "lens")
+    base = load_sae(tmp_path / "lens")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    combined = saelab.train_residual(
+        base,
+        medical_store,
+        width=64,
+        k=4,
+        max_tokens=20_000,
+        batch_size=256,
+        lr=3e-3,
+        progress=False,
+    )
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+    x_ND = medical_store.acts_ND.float()
+    with torch.no_grad():
+        base_err = (x_ND - base(x_ND).x_hat).pow(2).sum()
+        combined_err = (x_ND - combined(x_ND).x_hat).pow(2).sum()
+    assert combined_err < 0.7 * base_err, (combined_err, base_err)
+
+
+@pytest.mark.slow  # SmolLM2-135M: loading it and a short harvest, ~1 min on 2 cores
+def test_sae_lens_round_trip_on_smollm2_activations(tmp_path, medical_texts):
+    """saelab -> SAELens's loader on SmolLM2 `resid_post.15` (d = 576), the model the
+    README's SAEs are trained on."""
+    sae_lens = pytest.importorskip("sae_lens")
+    model = saelab.load_model("smollm2-135m", device="cpu")
+    store = saelab.harvest(
+        model, "resid_post.15", medical_texts[:20], max_tokens=256, ctx_len=64, progress=False
+    )
+    x_ND = store.get(torch.arange(len(store)))
+    sae = perturbed("jumprelu", d=x_ND.shape[1], width=1152)
+    folder = interop.save_sae_lens(sae, tmp_path / "lens")
+    theirs = sae_lens.SAE.load_from_disk(folder)
+    with torch.no_grad():
+        assert_agree(sae, x_ND, theirs.encode(x_ND), theirs.decode, theirs.threshold)
