@@ -1,9 +1,13 @@
-"""`saelab.load_sae` tells formats by their files; hook names map to saelab's; errors."""
+"""`saelab.load_sae` tells formats by their files; hook names map to saelab's; errors; hub
+references (a repo path or a SAELens release + SAE id download only the SAE's folder; the
+download is replaced by a local folder here)."""
 
 from types import SimpleNamespace
 
+import huggingface_hub
+import numpy as np
 import pytest
-from interop_reference import D, F, perturbed
+from interop_reference import D, F, acts, assert_encodes, perturbed, random_weights
 
 from saelab import interop, load_sae
 
@@ -95,3 +99,83 @@ def test_writers_are_atomic(tmp_path, monkeypatch):
         interop.save_sae_lens(perturbed("topk"), tmp_path / "lens")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lens"]
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """`snapshot_download` that records its call and returns a local 'snapshot'."""
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns))
+        return str(tmp_path / "hub" / repo_id.replace("/", "--"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_repo_path_downloads_only_the_sae_folder(tmp_path, fake_hub):
+    interop.save_sparsify(perturbed("topk"), tmp_path / "hub" / "EleutherAI--sae-tiny")
+    sae = load_sae("EleutherAI/sae-tiny/layers.3")
+    assert fake_hub == [("EleutherAI/sae-tiny", ["layers.3/*"])]
+    assert sae.kind == "topk" and sae.cfg.hookpoint == "resid_post.3"
+    assert sae.cfg.source["hub"] == "EleutherAI/sae-tiny/layers.3"
+
+
+def test_sae_lens_release_and_id(tmp_path, fake_hub):
+    """The release directory SAELens ships maps the id to the repo folder, the model and the
+    Neuronpedia id."""
+    pytest.importorskip("sae_lens")
+    snapshot = tmp_path / "hub" / "google--gemma-scope-2b-pt-res"
+    folder = snapshot / "layer_12" / "width_16k" / "average_l0_82"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **random_weights())
+    sae = load_sae("gemma-scope-2b-pt-res-canonical", sae_id="layer_12/width_16k/canonical")
+    assert fake_hub == [("google/gemma-scope-2b-pt-res", ["layer_12/width_16k/average_l0_82/*"])]
+    assert sae.kind == "jumprelu" and sae.cfg.hookpoint == "resid_post.12"
+    assert sae.cfg.model == "gemma-2-2b"
+    assert sae.cfg.neuronpedia_id == "gemma-2-2b/12-gemmascope-res-16k"
+
+
+def test_unknown_release_id_and_failed_download(monkeypatch):
+    pytest.importorskip("sae_lens")
+    with pytest.raises(ValueError, match="'layer_99/x' is not in release"):
+        load_sae("gemma-scope-2b-pt-res-canonical", sae_id="layer_99/x")
+
+    def offline(repo_id, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="fetching org/repo/sae from the Hugging Face"):
+        load_sae("org/repo/sae")
+
+
+def test_local_folders_never_reach_the_hub(tmp_path, fake_hub, monkeypatch):
+    interop.save_sae_lens(perturbed("relu"), tmp_path / "out" / "lens")
+    monkeypatch.chdir(tmp_path)
+    assert load_sae("out/lens").kind == "relu"  # relative, two parts, but it exists
+    assert fake_hub == []
+
+
+def test_release_norm_factor_is_folded(tmp_path, fake_hub):
+    """A SAELens folder trained on scaled inputs (`expected_average_only_in`) is refused
+    alone, and loads with the factor its release lists: SAE(s·x) / s, as SAELens folds it."""
+    pytest.importorskip("sae_lens")
+    from test_interop_sae_lens import sae_lens_reference, write_sae_lens
+
+    from saelab.interop.hub import release_entry
+
+    entry = release_entry("gpt2-small-mlp-tm", "blocks.0.hook_mlp_out")
+    s = entry["norm_scaling_factor"]
+    snapshot = tmp_path / "hub" / entry["repo_id"].replace("/", "--")
+    tensors, cfg = write_sae_lens(
+        snapshot / entry["folder"], normalize_activations="expected_average_only_in"
+    )
+    with pytest.raises(ValueError, match="normalize_activations"):
+        load_sae(snapshot / entry["folder"])
+    sae = load_sae("gpt2-small-mlp-tm", sae_id="blocks.0.hook_mlp_out")
+    assert sae.cfg.input_scale == pytest.approx(s)
+    assert sae.cfg.model == "gpt2"  # the file's own model name wins over the release's
+    x = acts()
+    f, x_hat = sae_lens_reference(tensors, cfg, x * s)
+    assert_encodes(sae, x, f, x_hat / s)

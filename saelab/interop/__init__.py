@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.interop import dictionary_learning, gemma_scope, llama_scope, sae_lens, sparsify
+from saelab.interop import dictionary_learning, gemma_scope, hub, llama_scope, sae_lens, sparsify
 from saelab.interop.common import read_json, saelab_hookpoint
 from saelab.interop.dictionary_learning import save_dictionary_learning
 from saelab.interop.sae_lens import save_sae_lens
@@ -74,12 +74,36 @@ def detect_format(path: str | Path) -> str:
     raise ValueError(f"{folder}: unknown SAE format (found {found}); saelab reads {KNOWN}")
 
 
-def load_foreign(path: str | Path, dtype: torch.dtype | None = None, fmt: str | None = None) -> SAE:
-    """The SAE in another tool's folder as a saelab SAE (float32 unless `dtype`)."""
+def load_foreign(
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    fmt: str | None = None,
+    sae_id: str | None = None,
+) -> SAE:
+    """The SAE in another tool's folder as a saelab SAE (float32 unless `dtype`).
+
+    `path` may also be a hub repo path (`owner/repo/sub/folder`) or, with `sae_id`, a
+    SAELens release name: the SAE's folder is downloaded first (`hub.fetch`).
+    """
+    release = {}
+    if sae_id is not None or hub.looks_like_hub_path(path):
+        path, release = hub.fetch(str(path), sae_id)
     fmt = fmt or detect_format(path)
+    if fmt == "saelab":  # a saelab SAE published on the hub
+        from saelab.sae.registry import load_sae
+
+        return load_sae(path, dtype=dtype)
     if fmt not in READERS:
         raise ValueError(f"{path}: no reader for format {fmt!r}; saelab reads {KNOWN}")
-    return READERS[fmt](sae_folder(path), dtype or torch.float32)
+    options = {}
+    if fmt == "sae_lens" and release.get("norm_scaling_factor"):
+        options["norm_scaling_factor"] = release["norm_scaling_factor"]
+    sae = READERS[fmt](sae_folder(path), dtype or torch.float32, **options)
+    if release:
+        sae.cfg.model = sae.cfg.model or release.get("model") or ""
+        sae.cfg.neuronpedia_id = sae.cfg.neuronpedia_id or release.get("neuronpedia_id") or ""
+        sae.cfg.source["hub"] = f"{release['repo_id']}/{release['folder']}".rstrip("/")
+    return sae
 
 
 __all__ = [

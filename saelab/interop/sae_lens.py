@@ -49,7 +49,11 @@ def is_sae_lens(folder: Path) -> bool:
     return (folder / WEIGHTS_FILE).exists()
 
 
-def read_sae_lens(folder: Path, dtype: torch.dtype) -> SAE:
+def read_sae_lens(
+    folder: Path, dtype: torch.dtype, norm_scaling_factor: float | None = None
+) -> SAE:
+    """`norm_scaling_factor`: for `normalize_activations: expected_average_only_in`, the
+    factor a SAELens release lists (its from_pretrained folds it the same way)."""
     cfg_path = folder / CFG_FILE
     if not cfg_path.exists():
         raise FileNotFoundError(f"{folder} has {WEIGHTS_FILE} but no {CFG_FILE}")
@@ -61,7 +65,10 @@ def read_sae_lens(folder: Path, dtype: torch.dtype) -> SAE:
             f"{cfg_path}: SAELens architecture {arch!r} has no saelab kind; "
             "supported: standard, topk, jumprelu (BatchTopK is saved as jumprelu)"
         )
-    if cfg.get("normalize_activations") not in (None, "none"):
+    norm = cfg.get("normalize_activations")
+    if norm not in (None, "none") and not (
+        norm == "expected_average_only_in" and norm_scaling_factor
+    ):
         raise ValueError(
             f"{cfg_path}: normalize_activations={cfg['normalize_activations']!r} needs a "
             "scaling factor the folder does not hold; fold it with SAELens first"
@@ -105,7 +112,7 @@ def read_sae_lens(folder: Path, dtype: torch.dtype) -> SAE:
             )
     weights = {"W_enc_DF": W_enc_DF, "W_dec_FD": W_dec_FD, "b_enc_F": b_enc_F, "b_dec_D": b_dec_D}
     weights.update({n: w for n, w in extra.items() if n != "k"})
-    return build_sae(
+    sae = build_sae(
         kind,
         weights,
         dtype,
@@ -121,6 +128,9 @@ def read_sae_lens(folder: Path, dtype: torch.dtype) -> SAE:
             "hook_name": meta.get("hook_name") or meta.get("hook_point") or "",
         },
     )
+    if norm == "expected_average_only_in":  # W_enc·s, W_dec/s, b_dec/s, as SAELens folds it
+        sae.fold_input_scale(float(norm_scaling_factor))
+    return sae
 
 
 def save_sae_lens(sae: SAE, folder: str | Path) -> Path:

@@ -44,23 +44,26 @@ def load_sae(
     hookpoint: str | None = None,
     device=None,
     dtype: torch.dtype | None = None,
+    sae_id: str | None = None,
 ) -> SAE:
     """Load a saved SAE folder exactly (bit for bit; `dtype` casts it after loading).
 
     Other tools' folders (SAELens, Gemma Scope, Llama Scope, sparsify, dictionary_learning)
     load through `saelab.interop`, told by their files, as float32 unless `dtype`; a foreign
-    SAE whose file names no hookpoint takes `hookpoint`.
+    SAE whose file names no hookpoint takes `hookpoint`. A hub repo path
+    (`owner/repo/sub/folder`) or a SAELens release name with `sae_id` is downloaded first.
     With `model` (an nnsight model or a Hugging Face one), also check that the SAE's `d_in`
     is the model's hidden size; with `hookpoint`, that it was trained there.
     """
-    from saelab.interop import detect_format, load_foreign
+    from saelab.interop import detect_format, hub, load_foreign
     from saelab.models import d_model
 
-    fmt = detect_format(folder)
+    remote = sae_id is not None or hub.looks_like_hub_path(folder)
+    fmt = "remote" if remote else detect_format(folder)
     if fmt == "saelab":
         sae = sae_class(read_cfg(folder).get("kind"), where=str(folder)).load_folder(folder)
     else:
-        sae = load_foreign(folder, dtype=dtype, fmt=fmt)
+        sae = load_foreign(folder, dtype=dtype, fmt=None if remote else fmt, sae_id=sae_id)
         if hookpoint and not sae.cfg.hookpoint:
             sae.cfg.hookpoint = str(hookpoint)
     check_fits(
