@@ -62,7 +62,7 @@ def fetch(path: str, sae_id: str | None = None) -> tuple[Path, dict]:
         )
     except Exception as err:  # offline, unknown repo, no access: all mean "not found here"
         raise FileNotFoundError(
-            f"no SAE folder at {path}, and fetching {entry['repo_id']}/{folder} from the "
-            f"Hugging Face hub failed: {type(err).__name__}: {err}"
+            f"no SAE folder at {path}, and fetching {entry['repo_id']}/{folder}".rstrip("/")
+            + f" from the Hugging Face hub failed: {type(err).__name__}: {err}"
         ) from err
     return Path(root) / folder, entry
