@@ -20,6 +20,10 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 # or loading one holds text only)
 DRAWN_PLOT = ".jp-OutputArea-output.jp-RenderedPlotly:has(.main-svg)"
 DRAWN_WIDGET = ".jp-OutputArea-output.lm-Panel:has(> .lm-Widget)"
+# a saelab dashboard's output (not a tqdm bar), by the UI contract's classes
+DASHBOARD = ", ".join(
+    f".jp-OutputArea-output:has(.saelab-{name})" for name in ("fe", "md-figure", "flow-graph")
+)
 
 
 def saved_outputs(nb) -> list:
@@ -33,8 +37,8 @@ def test_notebook_runs_in_lab(path: Path, lab, browser, screenshots):
     try:
         page.run_all(NOTEBOOK_TIMEOUT_S)
         page.screenshot(screenshots / f"{path.stem}.png")
-        for i in range(page.page.locator(DRAWN_WIDGET).count()):
-            page.screenshot(screenshots / f"{path.stem}_widget{i}.png", DRAWN_WIDGET, i)
+        for i in range(page.page.locator(DASHBOARD).count()):
+            page.screenshot(screenshots / f"{path.stem}_dashboard{i}.png", DASHBOARD, i)
         page.assert_no_problems()
         outputs = saved_outputs(page.saved_notebook())
         assert not [o for o in outputs if o.output_type == "error"]
