@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.interop import dictionary_learning, gemma_scope, hub, llama_scope, sae_lens, sparsify
+from saelab.interop import dictionary_learning, hub, sae_lens, scopes, sparsify
 from saelab.interop.common import read_json, saelab_hookpoint
 from saelab.interop.dictionary_learning import save_dictionary_learning
 from saelab.interop.sae_lens import save_sae_lens
@@ -21,9 +21,9 @@ from saelab.sae.base import SAE
 
 READERS = {
     "sae_lens": sae_lens.read_sae_lens,
-    "gemma_scope": gemma_scope.read_gemma_scope,
-    "gemma_scope_2": gemma_scope.read_gemma_scope_2,
-    "llama_scope": llama_scope.read_llama_scope,
+    "gemma_scope": scopes.read_gemma_scope,
+    "gemma_scope_2": scopes.read_gemma_scope_2,
+    "llama_scope": scopes.read_llama_scope,
     "sparsify": sparsify.read_sparsify,
     "dictionary_learning": dictionary_learning.read_dictionary_learning,
 }
@@ -62,11 +62,11 @@ def detect_format(path: str | Path) -> str:
             return "sparsify"
     if sae_lens.is_sae_lens(folder):
         return "sae_lens"
-    if has(gemma_scope.NPZ_FILE):
+    if has(scopes.NPZ_FILE):
         return "gemma_scope"
-    if has(gemma_scope.GS2_WEIGHTS):
+    if has(scopes.GS2_WEIGHTS):
         return "gemma_scope_2"
-    if has(llama_scope.CFG_FILE):
+    if has(scopes.LLAMA_CFG_FILE):
         return "llama_scope"
     if has(dictionary_learning.WEIGHTS_FILE) or has(dictionary_learning.CFG_FILE):
         return "dictionary_learning"
