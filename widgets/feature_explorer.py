@@ -179,7 +179,7 @@ class FeatureExplorer(LatentSearch, widgets.VBox):
         self.contexts = view.contexts
         stats = self.stats
         self.header_html.value = views.header_html(
-            stats, latent, self.latent_label(latent), self.n_latents
+            stats, latent, self.latent_label(latent), self.n_latents, self.sae.cfg.neuronpedia_id
         )
         reference = float(stats.max_act_F[latent])
         self.contexts_html.value = views.contexts_html(view.contexts, reference)

@@ -70,8 +70,16 @@ def highlight(value: float | None, reference: float) -> str:
     return f" style='background-color:rgba({r},{g},{b},{alpha:.3f});'"
 
 
-def header_html(stats: FeatureStats, latent: int, label: str, n_latents: int) -> str:
-    """Title (`fe-title`, with `#latent`) and density, mean and max code of `latent`."""
+#: A latent's page on Neuronpedia, from the SAE's `cfg.neuronpedia_id` (e.g.
+#: "gemma-2-2b/12-gemmascope-res-16k"), as SAELens releases give it.
+NEURONPEDIA_URL = "https://www.neuronpedia.org/{neuronpedia_id}/{latent}"
+
+
+def header_html(
+    stats: FeatureStats, latent: int, label: str, n_latents: int, neuronpedia_id: str = ""
+) -> str:
+    """Title (`fe-title`, with `#latent`) and density, mean and max code of `latent`; with a
+    `neuronpedia_id`, a link to the latent's Neuronpedia page (`fe-neuronpedia`)."""
     count = int(stats.count_F[latent])
     body = (
         f"density <b>{float(stats.density_F[latent]):.4g}</b> "
@@ -81,6 +89,12 @@ def header_html(stats: FeatureStats, latent: int, label: str, n_latents: int) ->
     )
     if count == 0:
         body += " · <i>dead: never fires on this store</i>"
+    if neuronpedia_id:
+        url = html.escape(NEURONPEDIA_URL.format(neuronpedia_id=neuronpedia_id, latent=latent))
+        body += (
+            f" · <a href='{url}' target='_blank' rel='noopener' "
+            f"data-testid='fe-neuronpedia'>Neuronpedia</a>"
+        )
     return (
         f"<h3 class='fe-title' data-testid='fe-title'>{html.escape(label)} "
         f"<small>(#{latent} of {n_latents})</small></h3><div>{body}</div>"
