@@ -7,6 +7,7 @@ asserted the same outputs without a front end)."""
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from saelab.paths import REPO_ROOT
 
@@ -14,6 +15,7 @@ from .labpage import LabPage
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 NOTEBOOK_TIMEOUT_S = 900
+VIEW_MS = 120_000  # a control change to the updated view (SmolLM2 generates on CPU)
 PLOTLY = "application/vnd.plotly.v1+json"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 # a drawn plotly output holds its SVG; a widget output holds the view's Lumino widget (a failed
@@ -26,6 +28,34 @@ DASHBOARD = ", ".join(
 )
 
 
+def use_dashboards(page: LabPage) -> int:
+    """A first use of each saelab dashboard the notebook shows (SmolLM2 at CI size), checked
+    on the page; returns how many were used."""
+    used = 0
+    if page.page.locator(".saelab-fe").count():
+        title = page.testid("fe-title")
+        before = title.text_content()
+        page.click("saelab-fe-next")
+        expect(title).not_to_have_text(before, timeout=VIEW_MS)
+        used += 1
+    if page.page.locator(".saelab-md-figure").count():
+        y_title = page.page.locator(".saelab-md-figure .ytitle").first
+        before = y_title.text_content()
+        metric = page.control("saelab-md-metric", "select")
+        current = metric.input_value()
+        metric.select_option(
+            next(v for v in metric.locator("option").all_text_contents() if v != current)
+        )
+        expect(y_title).not_to_have_text(before, timeout=VIEW_MS)
+        used += 1
+    if page.page.locator(".saelab-flow-graph").count():
+        page.click("saelab-flow-run")
+        for testid in ("flow-unsteered", "flow-steered"):
+            expect(page.testid(testid)).not_to_contain_text("press generate", timeout=VIEW_MS)
+        used += 1
+    return used
+
+
 def saved_outputs(nb) -> list:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
@@ -36,6 +66,7 @@ def test_notebook_runs_in_lab(path: Path, lab, browser, screenshots):
     page = LabPage(browser, lab, path.name)
     try:
         page.run_all(NOTEBOOK_TIMEOUT_S)
+        assert use_dashboards(page) == page.page.locator(DASHBOARD).count()  # all of them
         page.screenshot(screenshots / f"{path.stem}.png")
         for i in range(page.page.locator(DASHBOARD).count()):
             page.screenshot(screenshots / f"{path.stem}_dashboard{i}.png", DASHBOARD, i)
