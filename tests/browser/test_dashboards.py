@@ -130,9 +130,14 @@ def table_values(metric: str, evaluated_on: str, **only) -> list[float]:
     return sorted(round(v, 6) for v in t[metric])
 
 
-def wait_for_points(dash, n: int) -> None:
-    dash.page.wait_for_function(f"n => ({FIGURE_JS})().y.length === n", arg=n, timeout=VIEW_MS)
-    dash.page.wait_for_timeout(500)  # the redraw lands in one batch; let it finish
+def wait_for_values(dash, expected: list[float]) -> None:
+    """Until the figure plots exactly `expected` (sorted; 1e-6 apart at most)."""
+    dash.page.wait_for_function(
+        f"""e => {{ const y = ({FIGURE_JS})().y.sort((a, b) => a - b);
+            return y.length === e.length && y.every((v, i) => Math.abs(v - e[i]) < 2e-6); }}""",
+        arg=expected,
+        timeout=VIEW_MS,
+    )
 
 
 def test_metrics_dashboard_metric_and_evaluation_set_redraw_the_figure(dash, screenshots):
@@ -149,13 +154,13 @@ def test_metrics_dashboard_metric_and_evaluation_set_redraw_the_figure(dash, scr
     new_set = "broad" if start_set == "medical" else "medical"
     dash.select("saelab-md-evaluated-on", new_set)
     expected = table_values(new_metric, new_set)
-    wait_for_points(dash, len(expected))
+    wait_for_values(dash, expected)
     assert shown_values(dash) == (title, expected)
     # the multi-selects: one kind and one width left
     dash.control("saelab-md-kind", "select").select_option(label=["topk"])
     dash.control("saelab-md-widths", "select").select_option(label=["64"])
     expected = table_values(new_metric, new_set, kind=["topk"], width=[64])
-    wait_for_points(dash, len(expected))
+    wait_for_values(dash, expected)
     assert shown_values(dash) == (title, expected)
     dash.screenshot(screenshots / "metrics_dashboard.png", output_with(".saelab-md-figure"))
 
