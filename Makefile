@@ -14,6 +14,6 @@ test:
 
 test-fast:
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow and not browser"
 
 .PHONY: install test test-fast
