@@ -12,7 +12,6 @@ import saelab
 from saelab.sae import SAE_KINDS, load_sae, make_sae
 from saelab.sae.base import TrainContext
 from saelab.sae.batchtopk import batch_topk_codes
-from saelab.sae.jumprelu import jumprelu, step
 
 KINDS = [kind for kind, cls in SAE_KINDS.items() if not cls.composite]  # every trainable kind
 K_KINDS = ("topk", "batchtopk", "hierarchical_topk", "kron")  # kinds with a k
@@ -117,7 +116,7 @@ def test_batchtopk_training_keeps_k_times_batch():
 
 
 def test_batchtopk_threshold_is_running_mean_and_inference_is_batch_independent(tmp_path):
-    sae = perturbed("batchtopk", threshold_warmup_steps=2)
+    sae = perturbed("batchtopk", threshold_warmup_steps=2, threshold_average_last=1.0)
     with torch.no_grad():
         sae.threshold.zero_()
         sae.threshold_count.zero_()
@@ -154,38 +153,25 @@ def test_batchtopk_threshold_is_running_mean_and_inference_is_batch_independent(
     assert torch.equal(sae.threshold, again.threshold) and again.threshold_count.item() == 5
 
 
-def test_jumprelu_pseudo_gradients_by_hand():
-    # ε = 0.1: the window is |z - θ| < 0.05. θ per latent; G weights each output.
-    theta = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
-    z0 = torch.tensor(
-        [
-            [1.03, 2.2, 0.46],  # inside above, outside, inside below
-            [0.96, 1.94, 0.52],  # inside below, outside (|u| = 0.6), inside above
-            [0.5, 2.04, 0.9],
-        ],  # outside below, inside above, outside above
-        dtype=torch.float64,
-    )
-    G = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=torch.float64)
-
-    z = z0.clone().requires_grad_()
-    out = jumprelu(z, theta, 0.1)
-    assert out.tolist() == [[1.03, 2.2, 0.0], [0.0, 0.0, 0.52], [0.0, 2.04, 0.9]]
-    (out * G).sum().backward()
-    # d/dz = G H(z - θ); d/dθ_j = -(θ_j/ε) Σ_b G_bj K_bj with K = [[1,0,1],[1,0,1],[0,1,0]]
-    assert z.grad.tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 6.0], [0.0, 8.0, 9.0]]
-    torch.testing.assert_close(
-        theta.grad, torch.tensor([-10.0 * 5, -20.0 * 8, -5.0 * 9], dtype=torch.float64)
-    )
-
-    theta.grad = None
-    z = z0.clone().requires_grad_()
-    out = step(z, theta, 0.1)
-    assert out.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
-    (out * G).sum().backward()
-    assert z.grad.tolist() == [[0.0] * 3] * 3
-    torch.testing.assert_close(
-        theta.grad, torch.tensor([-10.0 * 5, -10.0 * 8, -10.0 * 9], dtype=torch.float64)
-    )
+def test_batchtopk_threshold_averages_only_the_last_steps():
+    """θ is the mean of the batch minima of the last 20% of steps (steps 8, 9 of 10): a mean
+    over earlier steps lags weights that have since moved."""
+    sae = perturbed("batchtopk", threshold_warmup_steps=2)
+    with torch.no_grad():
+        sae.threshold.zero_()
+        sae.threshold_count.zero_()
+    smallest = []
+    for i in range(10):
+        x = inputs(64, seed=20 + i)
+        with torch.no_grad():
+            f = batch_topk_codes(sae.pre_acts(x), K)
+            smallest.append(f[f > 0].min().item())
+            sae.b_enc_F.add_(0.05)  # the weights move: each batch minimum differs
+        sae.update_threshold(f, i, 10)
+        if i == 7:  # before the last 20%: θ is the latest minimum, nothing averaged
+            assert sae.threshold.item() == pytest.approx(smallest[7], rel=1e-6)
+    assert sae.threshold_count.item() == 2
+    assert sae.threshold.item() == pytest.approx((smallest[8] + smallest[9]) / 2, rel=1e-6)
 
 
 def test_losses_match_hand_computation():

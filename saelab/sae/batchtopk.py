@@ -2,7 +2,7 @@
 
 Training keeps the top `k * B` ReLU'd pre-activations over the whole batch, so tokens
 share a budget of `k` active latents on average. A running threshold θ (the mean over
-steps of the smallest kept positive activation) replaces the batch at inference:
+late steps of the smallest kept positive activation) replaces the batch at inference:
 `f_i = pre_i * 1[pre_i > θ]`, so a token's code does not depend on its batch.
 θ lives in pre-activation space, which `fold_input_scale` leaves unchanged.
 """
@@ -24,6 +24,12 @@ class BatchTopKConfig(TopKConfig):
     only picks AuxK's decoder path: the main code is a dense `[B, F]` batch selection."""
 
     threshold_warmup_steps: int = 100  # early steps, while the SAE moves fast, are not averaged
+    # θ averages the batch minima of the last `threshold_average_last` of the steps only (and
+    # never those before `threshold_warmup_steps`). Averaging from step 100 on (1.0) mixes in
+    # minima of weights that have since moved: at k 32, width 4608, 150k SmolLM2 tokens the
+    # inference L0 was ~20. dictionary_learning's EMA (β 0.999 from step 1000) has the same
+    # lag in runs of a few hundred steps. The last 20% is the lr decay, where weights settle.
+    threshold_average_last: float = 0.2
 
 
 def batch_topk_codes(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,23 +58,25 @@ class BatchTopKSAE(SAE):
         return torch.where(pre_BF > self.threshold, pre_BF, 0.0)
 
     @torch.no_grad()
-    def update_threshold(self, f_BF: torch.Tensor, step: int) -> None:
+    def update_threshold(self, f_BF: torch.Tensor, step: int, n_steps: int) -> None:
         """Fold this batch's smallest kept positive activation into the running mean θ.
 
-        During warm-up θ just follows the latest batch (usable, but not averaged);
-        afterwards it is the mean over the post-warm-up steps.
+        Before the averaging start (`threshold_warmup_steps`, or the start of the last
+        `threshold_average_last` of the `n_steps`, whichever is later) θ just follows the
+        latest batch (usable, but not averaged); from then on it is the mean.
         """
         kept = f_BF[f_BF > 0]
         if kept.numel() == 0:
             return
-        if step >= self.cfg.threshold_warmup_steps:
+        start = int(n_steps * (1 - self.cfg.threshold_average_last))
+        if step >= max(self.cfg.threshold_warmup_steps, start):
             self.threshold_count += 1
         self.threshold += (kept.min() - self.threshold) / self.threshold_count.clamp_min(1)
 
     def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
         pre_BF = self.pre_acts(x_BD)
         f_BF = batch_topk_codes(pre_BF, self.cfg.k)
-        self.update_threshold(f_BF, ctx.step)
+        self.update_threshold(f_BF, ctx.step, ctx.n_steps)
         x_hat_BD = self.decode(f_BF)
         mse = sq_error(x_BD, x_hat_BD)
         aux = auxk_loss(self, pre_BF, (x_BD - x_hat_BD).detach(), ctx.dead_F)

@@ -21,6 +21,7 @@ from torch import nn
 from saelab.sae.base import SAE, LossOutput, SAEConfig, TrainContext, fires, sq_error
 from saelab.sae.registry import register
 from saelab.sae.relu import linear_warmup
+from saelab.sae.topk import auxk_loss
 
 
 @dataclass
@@ -46,6 +47,45 @@ class JumpReLUConfig(SAEConfig):
     init_l0: float = (
         64.0  # without target_l0: θ starts where each latent fires on init_l0/F of tokens
     )
+    # What the penalty differentiates. "step": the L0 count through the step's kernel
+    # pseudo-derivative (Rajamanoharan et al.), which reaches only θ. "tanh": Anthropic's
+    # Σ tanh(c f_i ||W_dec,i||) (Jan 2025 update, SAELens `jumprelu_sparsity_loss_mode`),
+    # which also shrinks the codes of firing latents. With target_l0 the value stays
+    # λ_t (L0/target_l0 - 1)^2 of the counted L0; only the gradient goes through tanh.
+    sparsity_loss: str = "step"
+    tanh_scale: float = 4.0  # c in tanh(c f ||W_dec||) (Anthropic, SAELens: 4)
+    # Dead latents (no firing for `dead_tokens`) get no gradient: z < θ blocks the mask
+    # and the kernel, so once the L0 pull lifts θ above every z they stay dead. The
+    # pre-activation loss (Anthropic; SAELens applies it to dead latents only) adds
+    # coef · Σ_dead ReLU(θ_i - z_i) ||W_dec,i||, raising z and lowering θ until they fire.
+    pre_act_loss_coef: float = 0.0
+    # AuxK as in TopK (Gao et al.): the top k_aux dead latents' ReLU(z) reconstruct the
+    # error, so dead latents learn directions that are missing. 0 turns it off.
+    aux_coef: float = 0.0
+    k_aux: int | None = None  # None: d_in // 2
+    sparse_decoder: bool | None = None  # AuxK's decoder path, as TopK's field
+    # "quantile": θ_i where latent i fires on target_l0/F of the sample (saelab);
+    # "constant": θ = threshold_init everywhere (the paper, Gemma Scope, SAELens).
+    threshold_init_rule: str = "quantile"
+    # The jump's pseudo-derivative also reaches z (Anthropic, SAELens `jumprelu_ste_to_input`):
+    # the L0 pull then lowers z on tokens near θ, making encoders selective, instead of
+    # only lifting θ; without it the encoder learns from reconstruction alone.
+    ste_to_input: bool = False
+    # True: z = (x - b_dec) W_enc + b_enc, as TopK (and SAELens's default). Gemma Scope's
+    # z = x W_enc + b_enc leaves each latent a constant b_dec·W_enc,i that b_enc must learn
+    # away; on the synthetic dictionary centring is what keeps constant-θ latents alive.
+    center_input: bool = False
+
+    def __post_init__(self):
+        if self.k_aux is None:
+            self.k_aux = self.d_in // 2
+        if self.sparsity_loss not in ("step", "tanh"):
+            raise ValueError(f"sparsity_loss must be 'step' or 'tanh', got {self.sparsity_loss!r}")
+        if self.threshold_init_rule not in ("quantile", "constant"):
+            raise ValueError(
+                "threshold_init_rule must be 'quantile' or 'constant', "
+                f"got {self.threshold_init_rule!r}"
+            )
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -55,43 +95,52 @@ def rectangle(u: torch.Tensor) -> torch.Tensor:
 
 class _JumpReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, threshold, bandwidth):
+    def forward(ctx, z, threshold, bandwidth, ste_to_input):
         ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.ste_to_input = bandwidth, ste_to_input
         return torch.where(z > threshold, z, 0.0)
 
     @staticmethod
     def backward(ctx, grad_out):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
+        jump = (threshold / eps) * rectangle((z - threshold) / eps) * grad_out
         grad_z = grad_out * (z > threshold)
-        grad_threshold = -(threshold / eps) * rectangle((z - threshold) / eps) * grad_out
-        return grad_z, grad_threshold.sum_to_size(threshold.shape), None
+        if ctx.ste_to_input:
+            grad_z = grad_z + jump
+        return grad_z, (-jump).sum_to_size(threshold.shape), None, None
 
 
 class _Step(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, threshold, bandwidth):
+    def forward(ctx, z, threshold, bandwidth, ste_to_input):
         ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.ste_to_input = bandwidth, ste_to_input
         return (z > threshold).to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_threshold = -(1 / eps) * rectangle((z - threshold) / eps) * grad_out
-        return torch.zeros_like(z), grad_threshold.sum_to_size(threshold.shape), None
+        jump = (1 / eps) * rectangle((z - threshold) / eps) * grad_out
+        grad_z = jump if ctx.ste_to_input else torch.zeros_like(z)
+        return grad_z, (-jump).sum_to_size(threshold.shape), None, None
 
 
-def jumprelu(z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """`z H(z - θ)`; d/dz = H(z - θ), d/dθ = -(θ/ε) K((z - θ)/ε)."""
-    return _JumpReLU.apply(z, threshold, bandwidth)
+def jumprelu(
+    z: torch.Tensor, threshold: torch.Tensor, bandwidth: float, ste_to_input: bool = False
+) -> torch.Tensor:
+    """`z H(z - θ)`; d/dθ = -(θ/ε) K((z - θ)/ε); d/dz = H(z - θ), plus (θ/ε) K((z - θ)/ε)
+    with `ste_to_input`."""
+    return _JumpReLU.apply(z, threshold, bandwidth, ste_to_input)
 
 
-def step(z: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """`H(z - θ)`; d/dz = 0, d/dθ = -(1/ε) K((z - θ)/ε)."""
-    return _Step.apply(z, threshold, bandwidth)
+def step(
+    z: torch.Tensor, threshold: torch.Tensor, bandwidth: float, ste_to_input: bool = False
+) -> torch.Tensor:
+    """`H(z - θ)`; d/dθ = -(1/ε) K((z - θ)/ε); d/dz = 0, or (1/ε) K((z - θ)/ε) with
+    `ste_to_input`."""
+    return _Step.apply(z, threshold, bandwidth, ste_to_input)
 
 
 @register
@@ -130,6 +179,8 @@ class JumpReLUSAE(SAE):
         few hundred steps: measured L0 730 after 300k tokens on SmolLM2 resid_post.15.
         """
         super().init_from_sample(sample_ND)
+        if self.cfg.threshold_init_rule == "constant":
+            return
         init_l0 = self.cfg.target_l0 or self.cfg.init_l0
         z_NF = self.pre_acts(sample_ND)
         n_fire = max(1, min(len(z_NF) - 1, round(len(z_NF) * init_l0 / self.cfg.width)))
@@ -141,29 +192,55 @@ class JumpReLUSAE(SAE):
         return self.log_threshold_F.exp()
 
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
-        """`z = x W_enc + b_enc`, `[B, F]` (no `b_dec` subtraction)."""
+        """`z = x W_enc + b_enc`, `[B, F]`, or `(x - b_dec) W_enc + b_enc` with `center_input`."""
+        if self.cfg.center_input:
+            return super().pre_acts(x_BD)
         return x_BD @ self.W_enc_DF + self.b_enc_F
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return jumprelu(self.pre_acts(x_BD), self.threshold_F, self.cfg.bandwidth)
 
+    def sparsity_penalty(
+        self, z_BF: torch.Tensor, f_BF: torch.Tensor, threshold_F: torch.Tensor, ramp: float
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(penalty, L0 counted, λ): the step or tanh penalty, or the target-L0 form of it."""
+        cfg = self.cfg
+        l0 = step(z_BF, threshold_F, cfg.bandwidth, cfg.ste_to_input).sum(-1).mean()
+        if cfg.sparsity_loss == "tanh":
+            soft_BF = torch.tanh(cfg.tanh_scale * f_BF * self.W_dec_FD.norm(dim=1))
+            surrogate = soft_BF.sum(-1).mean()
+        else:
+            surrogate = l0
+        if cfg.target_l0 is None:
+            coef = cfg.l0_coef * ramp
+            return coef * surrogate, l0, coef
+        coef = cfg.target_l0_coef * ramp
+        if cfg.sparsity_loss == "step":
+            return coef * (l0 / cfg.target_l0 - 1).pow(2), l0, coef
+        # The value of the target penalty on the counted L0, its gradient through tanh:
+        # d/dL0 of λ (L0/T - 1)^2 times d(surrogate).
+        slope = 2 * coef * (l0.detach() / cfg.target_l0 - 1) / cfg.target_l0
+        value = coef * (l0.detach() / cfg.target_l0 - 1).pow(2)
+        return value + slope * (surrogate - surrogate.detach()), l0, coef
+
     def training_loss(self, x_BD: torch.Tensor, ctx: TrainContext) -> LossOutput:
         z_BF = self.pre_acts(x_BD)
         threshold_F = self.threshold_F
-        f_BF = jumprelu(z_BF, threshold_F, self.cfg.bandwidth)
-        mse = sq_error(x_BD, self.decode(f_BF))
-        l0 = step(z_BF, threshold_F, self.cfg.bandwidth).sum(-1).mean()
+        f_BF = jumprelu(z_BF, threshold_F, self.cfg.bandwidth, self.cfg.ste_to_input)
+        x_hat_BD = self.decode(f_BF)
+        mse = sq_error(x_BD, x_hat_BD)
         ramp = linear_warmup(ctx, self.cfg.l0_warmup_frac)
-        if self.cfg.target_l0 is None:
-            coef = self.cfg.l0_coef * ramp
-            penalty = coef * l0
-        else:
-            coef = self.cfg.target_l0_coef * ramp
-            penalty = coef * (l0 / self.cfg.target_l0 - 1).pow(2)
-        return LossOutput(
-            mse + penalty,
-            mse.detach(),
-            l0.detach(),
-            fires(f_BF).any(0),
-            {"l0_penalty": penalty.detach().item(), "l0_coef": coef},
-        )
+        penalty, l0, coef = self.sparsity_penalty(z_BF, f_BF, threshold_F, ramp)
+        loss = mse + penalty
+        terms = {"l0_penalty": penalty.detach().item(), "l0_coef": coef}
+        dead_F = ctx.dead_F
+        if self.cfg.pre_act_loss_coef > 0 and dead_F is not None and bool(dead_F.any()):
+            gap_BF = (threshold_F - z_BF).relu() * (dead_F * self.W_dec_FD.norm(dim=1))
+            pre_act = self.cfg.pre_act_loss_coef * gap_BF.sum(-1).mean()
+            loss = loss + pre_act
+            terms["pre_act_loss"] = pre_act.detach().item()
+        if self.cfg.aux_coef > 0:
+            aux = auxk_loss(self, z_BF, (x_BD - x_hat_BD).detach(), dead_F)
+            loss = loss + self.cfg.aux_coef * aux
+            terms["auxk"] = aux.detach().item()
+        return LossOutput(loss, mse.detach(), l0.detach(), fires(f_BF).any(0), terms)
