@@ -51,6 +51,14 @@ OPTION_SETS = {
     "old+constant_init": {**OLD_DEFAULT, "threshold_init_rule": "constant", "threshold_init": 0.1},
     "centered,lr_scale20": {**CENTERED, "threshold_lr_scale": 20.0},
     "centered": CENTERED,
+    # centred, θ starting at 4x the target L0 by quantile (so it reaches the target in short
+    # real runs, where a constant θ = 0.1 starts at L0 ~ F/2)
+    "centered,quantile4": {
+        **CENTERED,
+        "threshold_init_rule": "quantile",
+        "threshold_init": 0.001,
+        "init_l0_ratio": 4.0,
+    },
     "centered+pre_act": {**CENTERED, "pre_act_loss_coef": 1.0},
     "centered+auxk": {**CENTERED, "aux_coef": 0.25},
 }

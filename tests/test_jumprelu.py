@@ -110,3 +110,16 @@ def test_jumprelu_options_match_hand_computation():
     z, theta, f, mse = hand(sae, center=True)
     torch.testing.assert_close(sae.encode(x).double(), f, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(f, hand(sae)[2])  # b_dec is random: centring changes the codes
+
+
+def test_centred_training_folds_into_gemma_scope_form():
+    """`fold_input_scale` (the trainer's last step) writes a centred encoder as
+    `x W_enc + (b_enc - b_dec W_enc)`: the same codes on raw inputs, center_input off."""
+    sae = perturbed("jumprelu", center_input=True)
+    x = inputs(40)
+    s = 2.5
+    trained = sae.encode(s * x)  # what training saw, on s·x
+    sae.fold_input_scale(s)
+    assert sae.cfg.center_input is False
+    torch.testing.assert_close(sae.encode(x), trained, rtol=1e-5, atol=1e-5)
+    assert (trained > 0).any() and not torch.equal(sae.b_enc_F, perturbed("jumprelu").b_enc_F)

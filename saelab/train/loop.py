@@ -109,7 +109,8 @@ def train_sae(
 
     `max_tokens` caps the training tokens (None: one pass over the store). `batch_size` and
     `lr` left as None take the kind's `training_defaults` (JumpReLU: 256 and 1e-3), else
-    512 and `TrainConfig.learning_rate`'s width scaling. With `checkpoint_dir`, a checkpoint
+    512 and `TrainConfig.learning_rate`'s width scaling; so do options not given (JumpReLU:
+    `center_input=True`). With `checkpoint_dir`, a checkpoint
     is written every `checkpoint_every` steps and an existing one is resumed from.
     `callback(log)` gets each logged dict (step, tokens, loss, mse, fvu, l0, dead_fraction,
     lr). Returns the SAE with the input scale folded in, in the activations' own units;
@@ -121,6 +122,7 @@ def train_sae(
         defaults = sae_class(kind).training_defaults
         batch_size = batch_size or defaults.get("batch_size", 512)
         lr = lr if lr is not None else defaults.get("lr")
+        options = {**defaults.get("options", {}), **options}  # the kind's, unless given
         config = TrainConfig(
             kind=kind,
             width=width,
