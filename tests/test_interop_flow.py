@@ -76,6 +76,7 @@ def test_flow_graph_on_loaded_saes_equals_the_originals(stories, stacks):
     mine = flow.flow_graph(originals, seed, res_cut=0.9, module_min=0.9)
     theirs = flow.flow_graph(loaded, seed, res_cut=0.9, module_min=0.9)
     assert mine.number_of_edges() >= 3
-    theirs_edges, mine_edges = sorted(theirs.edges(data="cosine")), sorted(mine.edges(data="cosine"))
+    theirs_edges = sorted(theirs.edges(data="cosine"))
+    mine_edges = sorted(mine.edges(data="cosine"))
     assert [e[:2] for e in theirs_edges] == [e[:2] for e in mine_edges]
     assert [e[2] for e in theirs_edges] == pytest.approx([e[2] for e in mine_edges])
