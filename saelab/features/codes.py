@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from saelab.features.stats import FeatureStats, as_store, sae_device
+from saelab.features.stats import FeatureStats, as_store, sae_device, stats_from_sums
 from saelab.sae import fires
 
 #: Non-zero codes kept at most by default: 2**26 entries are 768 MB (int64 row + float32).
@@ -130,14 +130,4 @@ def stats_from_codes(codes: SparseCodes, top_k: int = 10) -> FeatureStats:
     top_index_FK = torch.full((n_latents, top_k), -1, dtype=torch.int64)
     top_values_FK[latent_M[keep_M], rank_M[keep_M]] = codes.values_M[order_M[keep_M]]
     top_index_FK[latent_M[keep_M], rank_M[keep_M]] = codes.rows_M[order_M[keep_M]]
-    n = codes.n_tokens
-    mean_F = torch.where(count_F > 0, sum_F / count_F.clamp_min(1), torch.zeros_like(sum_F))
-    return FeatureStats(
-        n_tokens=n,
-        count_F=count_F,
-        density_F=count_F.double() / max(n, 1),
-        mean_act_F=mean_F,
-        max_act_F=max_F,
-        top_values_FK=top_values_FK,
-        top_index_FK=top_index_FK,
-    )
+    return stats_from_sums(codes.n_tokens, count_F, sum_F, max_F, top_values_FK, top_index_FK)

@@ -88,7 +88,12 @@ def feature_stats(sae, store, top_k: int = 10, batch_size: int = 4096) -> Featur
     empty_FK = torch.isinf(top_values_FK)
     top_values_FK = top_values_FK.masked_fill(empty_FK, 0.0)
     top_index_FK = top_index_FK.masked_fill(empty_FK, -1)
-    n = len(store)
+    return stats_from_sums(len(store), count_F, sum_F, max_F, top_values_FK, top_index_FK)
+
+
+def stats_from_sums(n, count_F, sum_F, max_F, top_values_FK, top_index_FK) -> FeatureStats:
+    """`FeatureStats` from per-latent firing counts, code sums and maxima over `n` tokens
+    (density and mean derived here once, for the dense scan and the sparse index alike)."""
     mean_F = torch.where(count_F > 0, sum_F / count_F.clamp_min(1), torch.zeros_like(sum_F))
     return FeatureStats(
         n_tokens=n,
