@@ -51,6 +51,7 @@ def ce_metrics(
     device: str | torch.device | None = None,
     progress: bool = True,
     dtype: torch.dtype = torch.float32,
+    autocast: bool | None = None,
 ) -> dict[str, dict]:
     """CE metrics for each SAE in `saes` (name → SAE) on the packed contexts `tokens_CT`.
 
@@ -59,19 +60,22 @@ def ce_metrics(
     and one spliced forward per SAE; each variant changes the hookpoint only at `keep_CT`
     (bool `[C, T]`; BOS and sinks are False and pass through). `mean_D` is the mean
     activation over the kept evaluation tokens. kl = mean over predicted positions of
-    KL(clean ‖ spliced). SAEs must already be on `device` in `dtype`; the spliced rows
-    are cast to `dtype` on the way in and back to the model's dtype on the way out.
+    KL(clean ‖ spliced). SAEs must already be on `device` (default: the model's) in `dtype`;
+    the spliced rows go there as `dtype` and come back to the model's device and dtype. The
+    forwards run under bf16 `autocast` when on (`saelab.interventions`; default: on CUDA),
+    the SAEs and the log-softmax sums in float32 or wider.
     """
     hp = parse_hookpoint(model, hookpoint)
-    device = torch.device(device) if device is not None else model_device(model)
-    mean_D = mean_D.to(device=device, dtype=torch.float32)
+    model_dev = model_device(model)
+    device = torch.device(device) if device is not None else model_dev
+    mean_D = mean_D.to(device=model_dev, dtype=torch.float32)
     names = list(saes)
     sums = {"clean": 0.0, "zero": 0.0, "mean": 0.0, **{f"sae:{n}": 0.0 for n in names}}
     kl_sums = dict.fromkeys(names, 0.0)
     n_pred = 0
 
     def sae_replace(sae):
-        return lambda rows_ND: sae(rows_ND.to(dtype)).x_hat
+        return lambda rows_ND: sae(rows_ND.to(device, dtype)).x_hat.to(rows_ND.device)
 
     variants = [
         ("zero", lambda rows_ND: torch.zeros_like(rows_ND)),
@@ -85,15 +89,15 @@ def ce_metrics(
         desc=f"CE {hp}: clean, 2 ablations, {len(names)} SAE(s)",
     )
     for start in range(0, len(tokens_CT), batch_size):
-        ids_BT = tokens_CT[start : start + batch_size].to(device)
-        keep_BT = keep_CT[start : start + batch_size].to(device)
+        ids_BT = tokens_CT[start : start + batch_size].to(model_dev)
+        keep_BT = keep_CT[start : start + batch_size].to(model_dev)
         targets_BT1 = ids_BT[:, 1:].unsqueeze(-1)
-        lp_clean_BTV = _next_token_logprobs(interventions.logits(model, ids_BT))
+        lp_clean_BTV = _next_token_logprobs(interventions.logits(model, ids_BT, (), autocast))
         sums["clean"] -= float(lp_clean_BTV.gather(-1, targets_BT1).double().sum())
         p_clean_BTV = lp_clean_BTV.exp()
         for key, replace in variants:
             edit = interventions.splice(model, hp, replace, keep_BT)
-            lp_BTV = _next_token_logprobs(interventions.logits(model, ids_BT, [edit]))
+            lp_BTV = _next_token_logprobs(interventions.logits(model, ids_BT, [edit], autocast))
             sums[key] -= float(lp_BTV.gather(-1, targets_BT1).double().sum())
             if key.startswith("sae:"):
                 kl_BT = (p_clean_BTV * (lp_clean_BTV - lp_BTV)).sum(-1)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import torch
 from tqdm.auto import tqdm
 
+from saelab import interventions
 from saelab.activations import SINK_FACTOR, ActivationStore, harvest
 from saelab.data import pack
 from saelab.metrics.ce import ce_metrics
@@ -132,6 +133,7 @@ def evaluate(
     sink_factor: float = SINK_FACTOR,
     chunk: int = 4096,
     ks=None,
+    autocast: bool | None = None,
 ):
     """Evaluate one SAE, a list, or a dict name → SAE at `hookpoint`; one DataFrame row each.
 
@@ -143,6 +145,10 @@ def evaluate(
     the rest). Phase 2 (`ce=True`) runs per batch one clean, one zero-ablated and one
     mean-ablated forward (shared) and one spliced forward per SAE. The SAEs run on
     `device` (default: the model's) in `dtype`, as copies when they are elsewhere.
+
+    `autocast` (default: on when the model is on CUDA): the model's forwards (harvest and
+    CE) run under bf16 autocast; the SAEs still run with autocast off on float32 inputs
+    (or `dtype`) and every metric sum is float32 or float64 (tolerances: tests/test_devices.py).
 
     Columns: sae, model, hookpoint, n_tokens (kept), n_dropped (= n_dropped_bos +
     n_dropped_sinks), n_contexts, ctx_len, RECONSTRUCTION_COLUMNS, LINEAR_COLUMNS (+ the
@@ -172,16 +178,17 @@ def evaluate(
     n_ctx, T = tokens_CT.shape
 
     # Phase 1: the kept activations, then every SAE over them.
-    store = harvest(
-        model,
-        hp,
-        tokens_CT,
-        max_tokens=tokens_CT.numel(),
-        batch_size=batch_size,
-        sink_factor=sink_factor,
-        device=device,
-        progress=progress,
-    )
+    with interventions.autocast_forwards(autocast):
+        store = harvest(
+            model,
+            hp,
+            tokens_CT,
+            max_tokens=tokens_CT.numel(),
+            batch_size=batch_size,
+            sink_factor=sink_factor,
+            device=model_device(model),
+            progress=progress,
+        )
     n_tokens = len(store)
     ctx_N = store.context_N.long()
     if n_ctx > 1:
@@ -195,9 +202,10 @@ def evaluate(
     try:
         for sae in prepared.values():
             sae.eval()
-        rec, lin, x_moments = _reconstruct(
-            prepared, store, fit_N, linear, device, dtype, chunk, progress
-        )
+        with interventions.autocast_off(device):  # the SAEs in their own dtype, even in a
+            rec, lin, x_moments = _reconstruct(  # caller's torch.autocast block
+                prepared, store, fit_N, linear, device, dtype, chunk, progress
+            )
         # Phase 2: CE with the same tokens for every variant.
         ce_rows = {}
         if ce:
@@ -214,6 +222,7 @@ def evaluate(
                 device=device,
                 progress=progress,
                 dtype=dtype,
+                autocast=autocast,
             )
     finally:
         for module, training in modes.items():
