@@ -15,7 +15,13 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from saelab.features.stats import FeatureStats, as_store, sae_device, stats_from_sums
+from saelab.features.stats import (
+    FeatureStats,
+    as_store,
+    encode_codes,
+    sae_placement,
+    stats_from_sums,
+)
 from saelab.sae import fires
 
 #: Non-zero codes kept at most by default: 2**26 entries are 768 MB (int64 row + float32).
@@ -64,10 +70,10 @@ def sparse_codes(
     Memory is O(batch_size * F) for the dense batch plus 12 bytes per kept code.
     """
     store = as_store(store)
-    device, dtype = sae_device(sae), next(sae.parameters()).dtype
+    sae_placement(sae)  # a clear error before the scan
     rows, latents, values, kept = [], [], [], 0
     for start, x_BD in _batches(store, batch_size, progress, "indexing latents"):
-        f_BF = sae.encode(x_BD.to(device, dtype)).float().cpu()
+        f_BF = encode_codes(sae, x_BD)
         b_M, f_M = fires(f_BF).nonzero(as_tuple=True)
         kept += len(b_M)
         if kept > max_entries:
@@ -90,10 +96,9 @@ def sparse_codes(
 def latent_codes(sae, store, latent: int, batch_size: int = 4096) -> LatentCodes:
     """The plain path: one latent's non-zero codes by encoding the whole store."""
     store = as_store(store)
-    device, dtype = sae_device(sae), next(sae.parameters()).dtype
     rows, values = [], []
     for start, x_BD in _batches(store, batch_size, False, ""):
-        f_B = sae.encode(x_BD.to(device, dtype))[:, latent].float().cpu()
+        f_B = encode_codes(sae, x_BD, latent)
         (at,) = fires(f_B).nonzero(as_tuple=True)
         rows.append(at + start)
         values.append(f_B[at])

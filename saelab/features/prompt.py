@@ -14,7 +14,7 @@ import torch
 
 from saelab.activations import keep_mask
 from saelab.data import token_str
-from saelab.features.stats import sae_device
+from saelab.features.stats import encode_codes
 from saelab.interventions import read_hookpoints
 from saelab.models import model_device
 
@@ -51,8 +51,7 @@ def prompt_codes(sae, model, hookpoint: str, text: str) -> PromptCodes:
     ids_1T = torch.tensor([ids], device=model_device(model))
     acts_1TD = read_hookpoints(model, [hookpoint], ids_1T)[0].float().cpu()
     kept_T = keep_mask(acts_1TD)[0]
-    x_TD = acts_1TD[0].to(sae_device(sae), next(sae.parameters()).dtype)
-    codes_TF = sae.encode(x_TD).float().cpu()
+    codes_TF = encode_codes(sae, acts_1TD[0])
     start = 1 if tokenizer.bos_token_id is not None else 0
     tokens = [token_str(tokenizer, i) for i in ids[start:]]
     return PromptCodes(tokens, codes_TF[start:], kept_T[start:])

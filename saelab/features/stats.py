@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from saelab.activations import ActivationStore
+from saelab.interventions import autocast_off
 from saelab.sae import fires
 
 
@@ -39,14 +40,43 @@ def as_store(store) -> ActivationStore:
     return ActivationStore.from_tensor(store) if isinstance(store, torch.Tensor) else store
 
 
+def sae_placement(sae) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of `sae`'s parameters, where its inputs are sent. ValueError for an SAE
+    without parameters, on "meta" (shapes only: load or materialise its weights first) or
+    split over several devices."""
+    params = list(sae.parameters())
+    if not params:
+        raise ValueError(f"{type(sae).__name__} has no parameters: no device or dtype to run on")
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(f"the SAE's parameters are on several devices {sorted(map(str, devices))}")
+    device = params[0].device
+    if device.type == "meta":
+        raise ValueError(
+            "the SAE is on the meta device (shapes only, no weights): load it or move it with "
+            "sae.to_empty(device=...) and load its weights before encoding"
+        )
+    return device, params[0].dtype
+
+
 def sae_device(sae) -> torch.device:
-    return next(sae.parameters()).device
+    return sae_placement(sae)[0]
+
+
+@torch.no_grad()
+def encode_codes(sae, x_BD: torch.Tensor, latent: int | None = None) -> torch.Tensor:
+    """Codes `[B, F]` (or latent `latent`'s `[B]`) of rows `x_BD`, float32 on the CPU. The rows
+    go to the SAE's device and dtype and are encoded with autocast off, so a caller's bf16
+    autocast block never lowers the codes' precision."""
+    device, dtype = sae_placement(sae)
+    with autocast_off(device):
+        f_BF = sae.encode(x_BD.to(device, dtype))
+    return (f_BF if latent is None else f_BF[:, latent]).float().cpu()
 
 
 def encode_rows(sae, store, rows_N: torch.Tensor) -> torch.Tensor:
     """Codes `[len(rows), F]` of some store rows (float32, on CPU)."""
-    x = store.get(rows_N).to(sae_device(sae), next(sae.parameters()).dtype)
-    return sae.encode(x).float().cpu()
+    return encode_codes(sae, store.get(rows_N))
 
 
 def _row_batches(store, batch_size: int):
@@ -66,14 +96,14 @@ def feature_stats(sae, store, top_k: int = 10, batch_size: int = 4096) -> Featur
     """
     store = as_store(store)
     n_latents = sae.cfg.width
-    device, dtype = sae_device(sae), next(sae.parameters()).dtype
+    sae_placement(sae)  # a clear error before the scan
     count_F = torch.zeros(n_latents, dtype=torch.int64)
     sum_F = torch.zeros(n_latents, dtype=torch.float64)
     max_F = torch.zeros(n_latents, dtype=torch.float32)
     top_values_FK = torch.full((n_latents, top_k), float("-inf"))
     top_index_FK = torch.full((n_latents, top_k), -1, dtype=torch.int64)
     for start, x_BD in _row_batches(store, batch_size):
-        f_BF = sae.encode(x_BD.to(device, dtype)).float().cpu()
+        f_BF = encode_codes(sae, x_BD)
         fired_BF = fires(f_BF)
         count_F += fired_BF.sum(0)
         sum_F += f_BF.sum(0, dtype=torch.float64)
@@ -117,10 +147,9 @@ def latent_histogram(
     plain `[N, D]` tensor.
     """
     store = as_store(store)
-    device, dtype = sae_device(sae), next(sae.parameters()).dtype
     values = []
     for _, x_BD in _row_batches(store, batch_size):
-        f_B = sae.encode(x_BD.to(device, dtype))[:, latent].float().cpu()
+        f_B = encode_codes(sae, x_BD, latent)
         values.append(f_B[fires(f_B)])
     return histogram_of(torch.cat(values) if values else torch.zeros(0), n_bins)
 

@@ -20,10 +20,11 @@ from typing import NamedTuple
 import torch
 
 from saelab.activations import harvest
+from saelab.features.stats import encode_codes
 from saelab.flow.match import layer_saes, match
 from saelab.flow.pickers import METHODS, method_picks
 from saelab.interventions import Edit, logits, read_hookpoints
-from saelab.models import parse_hookpoint
+from saelab.models import model_device, parse_hookpoint
 from saelab.sae import fires
 
 
@@ -52,9 +53,7 @@ def harvest_layer(model, saes: dict, layer: int, texts, max_tokens: int, ctx_len
     stores = harvest(model, names, texts, max_tokens=max_tokens, ctx_len=ctx_len, progress=False)
     codes = []
     for name, sae in zip(names, layer_sae_list, strict=True):
-        x_ND = stores[name].get(torch.arange(len(stores[name])))
-        param = next(sae.parameters())
-        codes.append(sae.encode(x_ND.to(param.device, param.dtype)).float().cpu())
+        codes.append(encode_codes(sae, stores[name].get(torch.arange(len(stores[name])))))
     return Layer(names, layer_sae_list, [stores[n] for n in names], codes)
 
 
@@ -74,7 +73,7 @@ def edited_batches(model, layer: Layer, cases: list[Case], picks, r: float, batc
     """(case indices, ids `[B, T]`, positions `[B]`, the `Edit`) per batch: each batch row is
     its own copy of a case's context, edited on the case's token only, by
     `(r - 1)·Σ_j a_j·W_dec[j]` over the picked predecessors `(source p, features)`."""
-    device = next(layer.saes[0].parameters()).device
+    device = model_device(model)  # the SAEs may live elsewhere: the edit moves its rows
     for p in sorted({p for p, _ in picks}):
         idx = [k for k, (pk, _) in enumerate(picks) if pk == p]
         sae, store, codes = layer.saes[p + 1], layer.stores[p + 1], layer.codes[p + 1]
@@ -102,13 +101,11 @@ def target_after(model, layer: Layer, cases: list[Case], picks, r: float, batch_
     """`z_new` `[len(cases)]`: the target's code on each case's token after rescaling the
     picked predecessors `(source p, features)` by `r` there."""
     out = torch.zeros(len(cases))
-    target_sae = layer.saes[0]
-    dtype = next(target_sae.parameters()).dtype
     for ks, ids_BT, pos, edit in edited_batches(model, layer, cases, picks, r, batch_size):
         h_BTD = read_hookpoints(model, [layer.hookpoints[0]], ids_BT, [edit])[0]
-        f_BF = target_sae.encode(h_BTD[torch.arange(len(ks)), pos].to(dtype))
+        f_BF = encode_codes(layer.saes[0], h_BTD[torch.arange(len(ks)), pos.to(h_BTD.device)])
         targets = torch.tensor([cases[k].target for k in ks])
-        out[ks] = f_BF[torch.arange(len(ks)), targets].float().cpu()
+        out[ks] = f_BF[torch.arange(len(ks)), targets]
     return out
 
 

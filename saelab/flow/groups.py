@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from saelab.features.stats import sae_device
+from saelab.features.stats import sae_placement
 from saelab.flow.match import FlowMatch, layer_saes, match
 from saelab.sae import fires
 
@@ -146,7 +146,7 @@ def predecessor_groups(
     n_features, n_rows = target.cfg.width, len(stores[hooks.target])
     if n_rows == 0:
         raise ValueError(f"the stores at {', '.join(names)} are empty")
-    device, dtype = sae_device(target), next(target.parameters()).dtype
+    device, dtype = sae_placement(target)
     if exact:  # on up to 256 rows of two sources, before any long pass
         probe_B = torch.arange(min(256, n_rows))
         check_affine(target, *[stores[n].get(probe_B).to(device, dtype) for n in names[1:3]])

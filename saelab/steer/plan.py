@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 
 from saelab import interventions
-from saelab.features.stats import as_store, feature_stats, sae_device
+from saelab.features.stats import as_store, encode_codes, feature_stats, sae_placement
 from saelab.models import parse_hookpoint
 from saelab.sae import fires
 
@@ -120,8 +120,7 @@ def random_control(
 def _suppression_fn(term: SteeringTerm):
     """`h -> h + (r − 1)·a_f·W_dec,f` on `[..., D]` rows, `a_f` re-encoded from `h`."""
     sae, feature, r = term.sae, int(term.feature), term.coefficient
-    device = sae_device(sae)
-    dtype = next(sae.parameters()).dtype
+    device, dtype = sae_placement(sae)
 
     def fn(h: torch.Tensor) -> torch.Tensor:
         # nnsight may run this beside the forward in another thread: grad mode is per thread
@@ -169,11 +168,10 @@ def typical_activation(
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
     store = as_store(store)
-    device, dtype = sae_device(sae), next(sae.parameters()).dtype
     features, values = [], []
     for start in range(0, len(store), batch_size):
         x_BD = store.get(torch.arange(start, min(start + batch_size, len(store))))
-        f_BF = sae.encode(x_BD.to(device, dtype)).float().cpu()
+        f_BF = encode_codes(sae, x_BD)
         _, feat_M = fires(f_BF).nonzero(as_tuple=True)
         features.append(feat_M)
         values.append(f_BF[fires(f_BF)])
