@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from saelab.activations import ActivationStore
 from saelab.io import atomic_folder
-from saelab.models import default_device
 from saelab.sae import SAE, TrainContext, load_sae, make_sae, sae_class
+from saelab.train.distributed import Ranks
 
 CHECKPOINT = "checkpoint"
 
@@ -86,6 +86,49 @@ def _save_checkpoint(folder: Path, sae: SAE, trainer_state: dict) -> None:
         torch.save(trainer_state, tmp / "trainer.pt")
 
 
+def _resume_or_start(
+    ckpt: Path | None, store: ActivationStore, cfg: TrainConfig, device, dtype
+) -> tuple[SAE, dict]:
+    """(SAE, trainer state) from the checkpoint in `ckpt` when there is one, else a fresh SAE
+    initialised from a sample of `store` (input scale, `b_dec`)."""
+    if ckpt is not None and (ckpt / "trainer.pt").exists():
+        sae = load_sae(ckpt / "sae").to(device)
+        state = torch.load(ckpt / "trainer.pt", weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(
+                f"{ckpt} was written by a run with other settings: "
+                f"{state['config']} vs {asdict(cfg)}"
+            )
+        return sae, state
+    sample_ND = store.sample(cfg.scale_sample, seed=cfg.seed)
+    if not torch.isfinite(sample_ND).all():
+        raise NonFiniteError(
+            "non-finite values in the activations sampled for input scaling (step 0)"
+        )
+    scale = estimate_input_scale(sample_ND)
+    sae = make_sae(cfg.kind, store.d_in, cfg.width, seed=cfg.seed, dtype=dtype, **cfg.options)
+    sae = sae.to(device)
+    sae.init_from_sample((scale * sample_ND).to(device, dtype))
+    state = {
+        "config": asdict(cfg),
+        "step": 0,
+        "scale": scale,
+        "optimizer": None,
+        "history": [],
+        "since_fired_F": torch.zeros(cfg.width, dtype=torch.long),
+    }
+    return sae, state
+
+
+def _non_finite(x_BD: torch.Tensor, loss: torch.Tensor, step: int, kind: str) -> str | None:
+    """What went non-finite at `step` (the batch, else the loss), or None."""
+    if not torch.isfinite(x_BD).all():
+        return f"non-finite activations in the training batch at step {step}"
+    if not torch.isfinite(loss):
+        return f"the {kind} loss became {loss.item()} at step {step}"
+    return None
+
+
 def train_sae(
     store: ActivationStore | torch.Tensor,
     kind: str = "topk",
@@ -102,6 +145,7 @@ def train_sae(
     progress: bool = True,
     log_every: int = 10,
     config: TrainConfig | None = None,
+    distributed: bool = False,
     **options,
 ) -> SAE:
     """Train an SAE of `kind` on `store` (an `ActivationStore` or a plain `[N, d]` tensor);
@@ -115,6 +159,11 @@ def train_sae(
     `callback(log)` gets each logged dict (step, tokens, loss, mse, fvu, l0, dead_fraction,
     lr). Returns the SAE with the input scale folded in, in the activations' own units;
     `sae.history` holds the logged dicts.
+
+    `distributed=True` (under `torchrun --nproc_per_node=N`) trains with DDP: `batch_size`
+    stays the global batch, each rank takes its `1/N` of it, and rank 0 alone logs, calls
+    `callback` and writes checkpoints (saelab/train/distributed.py). Every rank returns the
+    same SAE.
     """
     if isinstance(store, torch.Tensor):
         store = ActivationStore.from_tensor(store)
@@ -138,7 +187,8 @@ def train_sae(
             f"a {cfg.kind} SAE is built from trained parts: "
             "use saelab.train_residual(base, store, ...)"
         )
-    device = torch.device(device) if device is not None else default_device()
+    ranks = Ranks.join(device, cfg.batch_size) if distributed else Ranks.single(device)
+    device = ranks.device
     n_steps = cfg.n_steps(len(store))
     if len(store) < cfg.batch_size:
         raise ValueError(
@@ -146,36 +196,11 @@ def train_sae(
         )
 
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / "trainer.pt").exists():
-        sae = load_sae(ckpt / "sae").to(device)
-        state = torch.load(ckpt / "trainer.pt", weights_only=False)
-        if state["config"] != asdict(cfg):
-            raise ValueError(
-                f"{ckpt} was written by a run with other settings: "
-                f"{state['config']} vs {asdict(cfg)}"
-            )
-    else:
-        sample_ND = store.sample(cfg.scale_sample, seed=cfg.seed)
-        if not torch.isfinite(sample_ND).all():
-            raise NonFiniteError(
-                "non-finite values in the activations sampled for input scaling (step 0)"
-            )
-        scale = estimate_input_scale(sample_ND)
-        sae = make_sae(
-            cfg.kind, store.d_in, cfg.width, seed=cfg.seed, dtype=dtype, **cfg.options
-        ).to(device)
-        sae.init_from_sample((scale * sample_ND).to(device, dtype))
-        state = {
-            "config": asdict(cfg),
-            "step": 0,
-            "scale": scale,
-            "optimizer": None,
-            "history": [],
-            "since_fired_F": torch.zeros(cfg.width, dtype=torch.long),
-        }
+    sae, state = _resume_or_start(ckpt, store, cfg, device, dtype)
+    ranks.check_same_step(state["step"], ckpt)
     sae.cfg.hookpoint, sae.cfg.model = store.info.hookpoint, store.info.model
     scale, since_fired_F, history = (
-        state["scale"],
+        ranks.broadcast_scale(state["scale"]),
         state["since_fired_F"].to(device),
         state["history"],
     )
@@ -187,64 +212,54 @@ def train_sae(
     optimizer = torch.optim.Adam(groups, lr=cfg.learning_rate(), betas=sae.adam_betas)
     if state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
+    model = ranks.wrap(sae)  # `training_loss`, or under DDP the module whose hooks reduce
 
     def checkpoint(step: int) -> None:
-        _save_checkpoint(
-            ckpt,
-            sae,
-            {
-                **state,
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "since_fired_F": since_fired_F.cpu(),
-                "history": history,
-            },
-        )
+        if ranks.is_main:
+            _save_checkpoint(
+                ckpt,
+                sae,
+                {
+                    **state,
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "since_fired_F": since_fired_F.cpu(),
+                    "history": history,
+                },
+            )
+        ranks.barrier()
 
     bar = tqdm(
         total=n_steps,
         initial=state["step"],
         desc=f"train {cfg.kind} F={cfg.width}",
         unit="step",
-        disable=not progress,
+        disable=not (progress and ranks.is_main),
     )
     for step in range(state["step"], n_steps):
-        x_BD = (
-            store.get(batch_indices(step, len(store), cfg.batch_size, cfg.seed)).to(device, dtype)
-            * scale
-        )
-        if not torch.isfinite(x_BD).all():
-            raise NonFiniteError(
-                f"non-finite activations in the training batch at step {step}"
-                + (
-                    f"; the last good checkpoint is {ckpt}"
-                    if ckpt is not None and ckpt.exists()
-                    else ""
-                )
-            )
+        rows = ranks.local_rows(batch_indices(step, len(store), cfg.batch_size, cfg.seed))
+        x_BD = store.get(rows).to(device, dtype) * scale
         for group in optimizer.param_groups:
             group["lr"] = (
                 group["lr_scale"]
                 * cfg.learning_rate()
                 * lr_factor(step, n_steps, cfg.warmup_steps, cfg.decay_frac)
             )
-        out = sae.training_loss(x_BD, TrainContext(step, n_steps, since_fired_F > cfg.dead_tokens))
-        if not torch.isfinite(out.loss):
+        out = model(x_BD, TrainContext(step, n_steps, since_fired_F > cfg.dead_tokens))
+        problem = _non_finite(x_BD, out.loss, step, cfg.kind)
+        fired_F, failed = ranks.fired_and_failed(out.fired_F, problem is not None)
+        if failed:
             raise NonFiniteError(
-                f"the {cfg.kind} loss became {out.loss.item()} at step {step}"
-                + (
-                    f"; the last good checkpoint is {ckpt}"
-                    if ckpt is not None and ckpt.exists()
-                    else ""
-                )
+                (problem or f"another rank met non-finite values at step {step}")
+                + (f"; the last good checkpoint is {ckpt}" if ckpt and ckpt.exists() else "")
             )
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         sae.project_decoder_grad()
         optimizer.step()
         sae.normalize_decoder()
-        since_fired_F += len(x_BD)
-        since_fired_F[out.fired_F] = 0
+        since_fired_F += cfg.batch_size  # tokens of the global batch
+        since_fired_F[fired_F] = 0
 
         if step % log_every == 0 or step == n_steps - 1:
             variance = (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean()
@@ -259,19 +274,19 @@ def train_sae(
                 "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"],
                 **out.terms,
             }
+            log = ranks.mean_log(log)  # as it is in one process
             history.append(log)
             bar.set_postfix(
                 fvu=f"{log['fvu']:.3f}", l0=f"{log['l0']:.1f}", dead=f"{log['dead_fraction']:.1%}"
             )
-            if callback is not None:
+            if callback is not None and ranks.is_main:
                 callback(log)
         bar.update(1)
         if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < n_steps:
             checkpoint(step + 1)
     bar.close()
-    optimizer.zero_grad(
-        set_to_none=True
-    )  # the SAE leaves without stale gradients (memory, frozen reuse)
+    # the SAE leaves without stale gradients (memory, frozen reuse)
+    optimizer.zero_grad(set_to_none=True)
     if ckpt is not None and state["step"] < n_steps:
         checkpoint(n_steps)  # a finished run: calling again with this folder returns the same SAE
 
