@@ -1,0 +1,222 @@
+"""GPU throughput: harvest tokens/s, SAE train-step tokens/s per kind and width, and MFU.
+
+On a CUDA device it prints one table:
+
+* `harvest`   `saelab.harvest` of `--harvest-tokens` packed medical tokens at `--hookpoint`
+              (SmolLM2-135M by default, `--model stories260k` for a quick one), once with the
+              default bf16 autocast of the forwards and once in float32. FLOPs: 2 x the
+              parameters of the blocks up to the hookpoint per token (attention scores and
+              the LM head, which never runs, left out). On the CPU smoke run the bf16 row is
+              CPU autocast, to exercise the path.
+* `train`     `saelab.train_sae` itself (batch gather, host-to-device copy, loss, backward,
+              Adam, decoder renorm, logging) on an in-memory Gaussian store of width
+              `--d-in`, for topk / jumprelu / batchtopk / kron at each `--widths`, float32
+              SAE (the SAE loss and metrics stay float32). Timed between the callback after
+              the warm-up steps and the one after the last step. FLOPs per step: forward
+              = encoder 2*B*d*F (kron: 2*B*h(m+n)*d, `encoder_multiply_adds`) + decoder
+              2*B*k*d for kinds that gather k rows (topk, batchtopk, kron with the sparse
+              decoder) else 2*B*F*d; forward + backward = 3 x forward.
+
+MFU = achieved FLOP/s / peak FLOP/s. The peak is the device's dense bf16 tensor-core figure
+from `PEAK_BF16_TFLOPS` (matched by name: H100/H200 989, A100 312, ...), or `--peak-tflops`.
+A float32 train step is scored against the bf16 peak too, so its MFU shows the headroom.
+
+Without CUDA it prints "no CUDA device: nothing to measure" and exits 0. `--cpu` runs the same
+code path on the CPU at tiny sizes (stories260K, two small widths, a few steps) as a smoke
+test; MFU is "-" there unless `--peak-tflops` is given.
+
+Usage:
+    python benchmarks/gpu.py                                # on a GPU node: the full table
+    python benchmarks/gpu.py --model stories260k --widths 4608
+    python benchmarks/gpu.py --cpu                          # CPU smoke test (~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's saelab
+
+import saelab
+from saelab.activations import ActivationStore
+from saelab.models import _blocks, d_model, hf_module, parse_hookpoint
+from saelab.sae import make_sae
+from saelab.sae.topk import use_sparse_decoder
+
+KINDS = ("topk", "jumprelu", "batchtopk", "kron")
+GPU_WIDTHS = (4608, 18432, 65536)
+CPU_WIDTHS = (256, 1024)
+# Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by a substring of the device name; the
+# first match wins, so the more specific names come first.
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A10G": 70.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+    "V100": 125.0,  # fp16: V100 has no bf16
+    "T4": 65.0,  # fp16
+}
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    """`override`, else the table's figure for this CUDA device's name; None if unknown."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(sae, batch: int) -> float:
+    """Forward + backward FLOPs of one training step: 3 x (encoder + decoder forward)."""
+    cfg = sae.cfg
+    d, width = cfg.d_in, cfg.width
+    encoder = 2 * batch * sae.encoder_multiply_adds()
+    k = getattr(cfg, "k", None)
+    rows = k if k is not None and use_sparse_decoder(cfg) else width
+    decoder = 2 * batch * rows * d
+    return 3.0 * (encoder + decoder)
+
+
+def train_rate(kind, width, d_in, batch, steps, warmup, device) -> tuple[float, float]:
+    """(tokens/s, FLOPs per step) of `train_sae` for `kind` at `width`."""
+    n = batch * (steps + warmup)
+    x_ND = torch.randn(n, d_in, generator=torch.Generator().manual_seed(0))
+    store = ActivationStore.from_tensor(x_ND, hookpoint="resid_post.0", model="gaussian")
+    options = {"k": 32} if kind != "jumprelu" else {"target_l0": 32}
+    marks = {}
+
+    def callback(log: dict) -> None:
+        if log["step"] in (warmup - 1, steps + warmup - 1):
+            sync(device)
+            marks[log["step"]] = time.perf_counter()
+
+    sae = saelab.train_sae(
+        store,
+        kind=kind,
+        width=width,
+        batch_size=batch,
+        device=device,
+        progress=False,
+        log_every=1,
+        callback=callback,
+        **options,
+    )
+    seconds = marks[steps + warmup - 1] - marks[warmup - 1]
+    probe = make_sae(kind, d_in, width, **options)  # same config: the FLOP count
+    del sae
+    return steps * batch / seconds, step_flops(probe, batch)
+
+
+def forward_params(model, hookpoint: str) -> int:
+    """Parameters of the blocks up to and including the hookpoint's layer."""
+    layer = parse_hookpoint(model, hookpoint).layer
+    blocks = _blocks(hf_module(model))
+    return sum(p.numel() for block in list(blocks)[: layer + 1] for p in block.parameters())
+
+
+def harvest_rate(model, hookpoint, tokens_CT, batch, autocast, device) -> float:
+    """Tokens/s of `saelab.harvest` over `tokens_CT` (after one warm-up batch)."""
+    from saelab.interventions import autocast_forwards
+
+    with autocast_forwards(autocast):
+        saelab.harvest(model, hookpoint, tokens_CT[:batch], batch_size=batch, progress=False)
+        sync(device)
+        start = time.perf_counter()
+        saelab.harvest(model, hookpoint, tokens_CT, batch_size=batch, progress=False)
+        sync(device)
+    return tokens_CT.numel() / (time.perf_counter() - start)
+
+
+def row(what, setting, rate, flops_per_token, peak) -> dict:
+    achieved = rate * flops_per_token
+    mfu = f"{achieved / (peak * 1e12):.1%}" if peak else "-"
+    return {
+        "what": what,
+        "setting": setting,
+        "tokens/s": f"{rate:,.0f}",
+        "TFLOP/s": f"{achieved / 1e12:.3f}",
+        "MFU": mfu,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="smoke test on the CPU, tiny sizes")
+    parser.add_argument("--model", default=None, help="smollm2-135m (GPU default), stories260k")
+    parser.add_argument("--hookpoint", default=None, help="default: resid_post of the mid layer")
+    parser.add_argument("--harvest-tokens", type=int, default=None)
+    parser.add_argument("--harvest-batch", type=int, default=None)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--widths", nargs="+", type=int, default=None)
+    parser.add_argument("--d-in", type=int, default=None, help="default: the model's width")
+    parser.add_argument("--batch", type=int, default=None, help="train batch (tokens)")
+    parser.add_argument("--steps", type=int, default=None, help="timed train steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
+    args = parser.parse_args(argv)
+
+    if not args.cpu and not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure")
+        return 0
+    gpu = not args.cpu
+    device = torch.device("cuda" if gpu else "cpu")
+    model_name = args.model or ("smollm2-135m" if gpu else "stories260k")
+    widths = args.widths or (GPU_WIDTHS if gpu else CPU_WIDTHS)
+    batch = args.batch or (4096 if gpu else 64)
+    steps = args.steps or (20 if gpu else 3)
+    n_harvest = args.harvest_tokens or (65_536 if gpu else 1024)
+    harvest_batch = args.harvest_batch or (64 if gpu else 8)
+    peak = peak_tflops(device, args.peak_tflops)
+    name = torch.cuda.get_device_name(device) if gpu else "cpu"
+    print(f"device: {name}; peak {peak or '?'} TFLOP/s (dense bf16); torch {torch.__version__}")
+
+    model = saelab.load_model(model_name, device=device)
+    n_blocks = len(_blocks(hf_module(model)))
+    hookpoint = args.hookpoint or f"resid_post.{n_blocks // 2}"
+    d_in = args.d_in or d_model(model)
+    texts = saelab.load_corpus("medical", split="train")
+    tokens_CT = saelab.pack(model.tokenizer, texts, ctx_len=128, max_tokens=n_harvest)
+    flops_per_token = 2.0 * forward_params(model, hookpoint)
+    rows = []
+    for autocast, label in ((True, "bf16 autocast"), (False, "float32")):
+        rate = harvest_rate(model, hookpoint, tokens_CT, harvest_batch, autocast, device)
+        setting = f"{model_name} {hookpoint} {label} batch {harvest_batch}x128"
+        rows.append(row("harvest", setting, rate, flops_per_token, peak))
+    del model
+    for kind in args.kinds:
+        for width in widths:
+            rate, flops = train_rate(kind, width, d_in, batch, steps, args.warmup, device)
+            setting = f"{kind} F={width} d={d_in} B={batch} float32"
+            rows.append(row("train", setting, rate, flops / batch, peak))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
