@@ -1,0 +1,103 @@
+"""One cache from a harvest sharded over torchrun ranks (`harvest(..., distributed=True)`).
+
+Every rank writes its rows as `rank###_shard_#####.safetensors` plus a small part record
+into a staging folder beside the cache; after a collective check that every rank
+succeeded, rank 0 moves the shards into a fresh folder, writes the one manifest (rows in
+rank order, which is the one-process order) and swaps it in atomically
+(`cache.writing_cache`). A kill at any point leaves the previous cache whole; the next
+run clears the stale staging folder first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from saelab.cache import ActivationStore, StoreInfo, writing_cache
+from saelab.io import write_text
+
+
+def staging_folder(folder: Path) -> Path:
+    """Where the ranks of a sharded harvest put their shards before rank 0 merges them."""
+    return folder.parent / f".{folder.name}.harvest-parts"
+
+
+def write_sharded(
+    stores: dict[str, ActivationStore],
+    folders: dict[str, Path],
+    rank: int,
+    world_size: int,
+    shard_tokens: int,
+) -> None:
+    """Write this rank's `stores` (its share of the rows) and, on rank 0, the merged caches."""
+    staging = {name: staging_folder(folder) for name, folder in folders.items()}
+    if rank == 0:
+        for path in staging.values():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+    _all_succeeded(None)  # the staging folders exist (and are empty) before anyone writes
+
+    error = None
+    try:
+        for name, store in stores.items():
+            shards = store.write_shards(
+                staging[name], 0, len(store), shard_tokens, prefix=f"rank{rank:03d}_"
+            )
+            part = {
+                "n_tokens": len(store),
+                "dropped_bos": store.info.dropped_bos,
+                "dropped_sinks": store.info.dropped_sinks,
+                "shards": shards,
+            }
+            write_text(staging[name] / f"part_{rank:03d}.json", json.dumps(part))
+    except Exception as err:  # every rank must reach the collective below, then raise
+        error = err
+    _all_succeeded(error)
+
+    if rank == 0:
+        try:
+            for name, folder in folders.items():
+                _merge(stores[name], staging[name], folder, world_size)
+                shutil.rmtree(staging[name])
+        except Exception as err:
+            error = err
+    _all_succeeded(error)
+
+
+def _merge(store: ActivationStore, staging: Path, folder: Path, world_size: int) -> None:
+    """Rank 0: the ranks' shards, in rank order, into one cache at `folder`."""
+    parts = [json.loads((staging / f"part_{r:03d}.json").read_text()) for r in range(world_size)]
+    shards, offset = [], 0
+    for part in parts:
+        shards += [{**shard, "start": shard["start"] + offset} for shard in part["shards"]]
+        offset += part["n_tokens"]
+    info = StoreInfo(
+        **{
+            **asdict(store.info),
+            "n_tokens": offset,
+            "dropped_bos": sum(p["dropped_bos"] for p in parts),
+            "dropped_sinks": sum(p["dropped_sinks"] for p in parts),
+        }
+    )
+    merged = ActivationStore(None, None, None, store.tokens_CT, info)
+    with writing_cache(folder) as tmp:
+        for shard in shards:
+            os.replace(staging / shard["file"], tmp / shard["file"])
+        merged.write_manifest(tmp, shards)
+
+
+def _all_succeeded(error: BaseException | None) -> None:
+    """A barrier that also tells every rank whether any rank failed; raises if one did."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError("another rank of the sharded harvest failed (see its error)")
