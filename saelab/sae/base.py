@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from saelab.io import atomic_folder
-from saelab.sae.folder import WEIGHTS_FILE, check_state, config_from_dict, read_folder, write_cfg
+from saelab.io import atomic_folder, write_safetensors
+from saelab.sae.folder import (
+    CFG_FILE,
+    WEIGHTS_FILE,
+    check_decoder,
+    check_sparsity,
+    check_state,
+    checked_config,
+    read_folder,
+    write_cfg,
+)
 
 
 @dataclass
@@ -263,22 +271,27 @@ class SAE(nn.Module):
 
     # --- save / load ---------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write `cfg.json` + `sae.safetensors` into `folder`, atomically (temp folder, rename)."""
+        """Write `cfg.json` + `sae.safetensors` into `folder`, atomically (temp folder, swap):
+        a crash or a full disk leaves the previous `folder` whole."""
         with atomic_folder(folder) as tmp:
             write_cfg(tmp, self.cfg)
-            save_file(
-                {k: v.detach().contiguous() for k, v in self.state_dict().items()},
-                tmp / WEIGHTS_FILE,
-            )
+            write_safetensors(tmp / WEIGHTS_FILE, self.state_dict())
         return Path(folder)
 
     @classmethod
     def load_folder(cls, folder: str | Path) -> SAE:
-        """The SAE saved in `folder`, bit for bit (its dtype is the file's)."""
+        """The SAE saved in `folder`, bit for bit (its dtype is the file's).
+
+        `SAEFileError` naming the file for a config or weights that do not describe a
+        `cls` SAE, checked before anything is allocated from the config's sizes.
+        """
         raw, tensors = read_folder(folder)
-        cfg = config_from_dict(cls.config_class, raw)
-        sae = cls(cfg, dtype=tensors["W_dec_FD"].dtype if "W_dec_FD" in tensors else torch.float32)
-        check_state(sae, tensors, str(folder))
+        cfg = checked_config(cls.config_class, raw, str(Path(folder) / CFG_FILE))
+        where = str(Path(folder) / WEIGHTS_FILE)
+        dtype = check_decoder(cfg, tensors, where)
+        check_sparsity(cfg, cls.sparsity_field, str(Path(folder) / CFG_FILE))
+        sae = cls(cfg, dtype=dtype)
+        check_state(sae, tensors, where)
         sae.load_state_dict(tensors)
         return sae
 

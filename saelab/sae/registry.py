@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from saelab.sae.base import SAE, check_fits
-from saelab.sae.folder import read_cfg
+from saelab.sae.folder import CFG_FILE, SAEFileError, saelab_cfg
 
 SAE_KINDS: dict[str, type[SAE]] = {}
 
@@ -19,10 +19,13 @@ def register(cls: type[SAE]) -> type[SAE]:
 
 
 def sae_class(kind: str, where: str = "") -> type[SAE]:
-    """The class of `kind`; the error lists the known kinds."""
-    if kind not in SAE_KINDS:
-        prefix = f"{where}: cfg.json names SAE kind" if where else "unknown SAE kind"
-        raise ValueError(f"{prefix} {kind!r}; known kinds: {sorted(SAE_KINDS)}")
+    """The class of `kind`; the error lists the known kinds (an `SAEFileError` naming
+    `where`, the file that named the kind, when given)."""
+    if not isinstance(kind, str) or kind not in SAE_KINDS:
+        known = f"known kinds: {sorted(SAE_KINDS)}"
+        if where:  # a saved file's kind
+            raise SAEFileError(f"{where} names SAE kind {kind!r}; {known}")
+        raise ValueError(f"unknown SAE kind {kind!r}; {known}")
     return SAE_KINDS[kind]
 
 
@@ -59,10 +62,12 @@ def load_sae(
     from saelab.models import d_model
 
     remote = sae_id is not None or hub.looks_like_hub_path(folder)
-    fmt = "remote" if remote else detect_format(folder)
-    if fmt == "saelab":
-        sae = sae_class(read_cfg(folder).get("kind"), where=str(folder)).load_folder(folder)
+    saved_cfg = None if remote else saelab_cfg(folder)  # SAEFileError: cfg.json not an object
+    if saved_cfg is not None:
+        where = str(Path(folder) / CFG_FILE)
+        sae = sae_class(saved_cfg["kind"], where=where).load_folder(folder)
     else:
+        fmt = "remote" if remote else detect_format(folder)
         sae = load_foreign(folder, dtype=dtype, fmt=None if remote else fmt, sae_id=sae_id)
         if hookpoint and not sae.cfg.hookpoint:
             sae.cfg.hookpoint = str(hookpoint)
