@@ -1,6 +1,6 @@
-"""The `saelab` command. `saelab quickstart` is the README's main job; `saelab flow` and
-`saelab steer` (cross-layer feature flow and steering) and `saelab report` (the HTML report
-of saved tables) live in `saelab.commands`."""
+"""The `saelab` command. `saelab quickstart` is the README's main job; the other
+sub-commands (train, eval, compare, cache, flow, steer, report) live in `saelab.commands`.
+`python -m saelab` is the same command (saelab/__main__.py), so torchrun can start it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,36 @@ import sys
 import time
 from pathlib import Path
 
+from saelab.commands import cache as cache_command
+from saelab.commands import compare as compare_command
+from saelab.commands import evaluate as eval_command
 from saelab.commands import flow as flow_command
 from saelab.commands import report as report_command
 from saelab.commands import steer as steer_command
+from saelab.commands import train as train_command
+from saelab.commands.config import add_config_arguments, apply_to_flags
+
+DESCRIPTION = """Sparse autoencoders for language models: one sub-command per experiment.
+
+Each sub-command but report takes a TOML config (configs/ holds one per README table).
+A config's tables are named after the Python functions they feed ([load_model],
+[load_corpus], [harvest], [train_sae], [evaluate], [compare], ...) and their keys are
+those functions' argument names; quickstart, flow and steer take their flags' names
+(--max-tokens -> max_tokens). --set key=value overrides one key (the value is TOML;
+dotted keys name tables). `saelab <command> --help` describes each."""
+EPILOG = """examples:
+  saelab quickstart                                   # SmolLM2 -> JumpReLU SAE -> report
+  saelab cache configs/tiny/cache.toml                # activations -> runs/cache
+  saelab train configs/tiny/train.toml --set train_sae.width=256
+  torchrun --nproc_per_node=2 -m saelab train configs/tiny/train.toml \\
+      --set train_sae.store=runs/cache                # DDP, one cache shard per rank
+  saelab eval configs/tiny/eval.toml --set load_sae.folder=runs/train/sae
+  saelab compare configs/hierarchical.toml            # the README's HierarchicalTopK table
+  saelab flow configs/flow_run_b.toml                 # cross-layer feature flow, run B
+  saelab steer configs/steer.toml --set strength=8
+  saelab report runs/hierarchical                     # HTML report of its table.csv"""
+#: Sub-commands whose options are flags; a config gives their defaults.
+FLAG_COMMANDS = ("quickstart", "flow", "steer")
 
 
 def quickstart_metrics() -> list[str]:
@@ -98,12 +125,21 @@ def quickstart(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="saelab", description="Sparse autoencoders for language models"
+        prog="saelab",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     qs = sub.add_parser(
-        "quickstart", help="train and evaluate a JumpReLU SAE on SmolLM2 medical activations"
+        "quickstart",
+        help="train and evaluate a JumpReLU SAE on SmolLM2 medical activations",
+        description="SmolLM2-135M resid_post.15 -> JumpReLU SAE on medical text -> held-out "
+        "metrics, metrics.json and report.html (the README's first table).",
+        epilog="example:\n  saelab quickstart configs/quickstart.toml --set max_tokens=50000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_config_arguments(qs, required=False)
     qs.add_argument(
         "--out",
         type=Path,
@@ -128,10 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     qs.add_argument("--target-l0", type=float, default=40.0)
     qs.add_argument("--seed", type=int, default=0)
     qs.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    flow_command.add_parser(sub)
-    steer_command.add_parser(sub)
+    for command in (train_command, eval_command, compare_command, cache_command):
+        command.add_parser(sub)
+    flow = flow_command.add_parser(sub)
+    steer = steer_command.add_parser(sub)
     report_command.add_parser(sub)
+    for flagged in (flow, steer):
+        add_config_arguments(flagged, required=False)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    if args.command in FLAG_COMMANDS and (args.config is not None or args.sets):
+        chosen = {"quickstart": qs, "flow": flow, "steer": steer}[args.command]
+        args = apply_to_flags(parser, chosen, argv, args)
     if args.command != "quickstart":
         return args.run(args)
 

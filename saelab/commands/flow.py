@@ -31,11 +31,22 @@ def parse_deactivation_layers(spec: str) -> list[int]:
     return [] if spec.strip().lower() == "none" else parse_layers(spec)
 
 
+FLOW_EXAMPLE = """example:
+  saelab flow configs/flow_run_b.toml --set eval_max_tokens=4096
+  saelab flow --model stories260k --layers 1-2 --width 32 --k 2 --max-tokens 2048
+
+A config's keys are the flags' names (--max-tokens -> max_tokens, --float16-cache ->
+float16_cache = true; layers = "8-16" or [8, 9, 10]); a flag given on the command line
+wins over the config."""
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "flow",
         help="layer SAEs, predecessor groups and deactivation over a span of blocks",
         description=__doc__.split("\n\n")[1],
+        epilog=FLOW_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--layers",

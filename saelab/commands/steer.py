@@ -24,18 +24,27 @@ from saelab.commands.common import (
     parse_seed,
 )
 
+STEER_EXAMPLE = """example:
+  saelab steer configs/steer.toml --set strength=8 --set 'prompt="The patient"'
+  saelab steer --saes runs/flow_b/saes --seed resid_post.12:1234 --schedule single --layer 12
+
+A config's keys are the flags' names (--max-new-tokens -> max_new_tokens,
+seed = "resid_post.12:1234"); a flag given on the command line wins over the config."""
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "steer",
         help="steered against unsteered text along a seed feature's flow graph",
         description=__doc__.split("\n\n")[1],
+        epilog=STEER_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--saes", type=Path, required=True, help="a folder saelab flow wrote")
+    p.add_argument("--saes", type=Path, default=None, help="a folder saelab flow wrote (needed)")
     p.add_argument(
         "--seed",
         type=arg_type(parse_seed),
-        required=True,
+        default=None,
         help="the seed feature, hookpoint:feature (e.g. resid_post.12:1234)",
     )
     p.add_argument(
@@ -84,6 +93,9 @@ def run(args) -> int:
     from saelab.steer import from_graph, typical_activation
     from saelab.steer import generate as steered_text  # the traced decode loop
 
+    for flag, value in (("--saes", args.saes), ("--seed", args.seed)):
+        if value is None:
+            fail("steer", f"{flag} is needed (as a flag or a config key {flag[2:]} = ...)")
     saes = load_saes("steer", args.saes)
     check_seed(saes, args.seed, args.saes)
     if args.schedule not in steer.SCHEDULES:
