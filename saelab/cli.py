@@ -38,8 +38,6 @@ EPILOG = """examples:
   saelab flow configs/flow_run_b.toml                 # cross-layer feature flow, run B
   saelab steer configs/steer.toml --set strength=8
   saelab report runs/hierarchical                     # HTML report of its table.csv"""
-#: Sub-commands whose options are flags; a config gives their defaults.
-FLAG_COMMANDS = ("quickstart", "flow", "steer")
 
 
 def quickstart_metrics() -> list[str]:
@@ -123,7 +121,8 @@ def quickstart(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `saelab` parser and the sub-parsers of the commands whose options are flags."""
     parser = argparse.ArgumentParser(
         prog="saelab",
         description=DESCRIPTION,
@@ -171,30 +170,33 @@ def main(argv: list[str] | None = None) -> int:
     report_command.add_parser(sub)
     for flagged in (flow, steer):
         add_config_arguments(flagged, required=False)
+    return parser, {"quickstart": qs, "flow": flow, "steer": steer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, flag_parsers = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
-    if args.command in FLAG_COMMANDS and (args.config is not None or args.sets):
-        chosen = {"quickstart": qs, "flow": flow, "steer": steer}[args.command]
-        args = apply_to_flags(parser, chosen, argv, args)
+    if args.command in flag_parsers and (args.config is not None or args.sets):
+        args = apply_to_flags(parser, flag_parsers[args.command], argv, args)
     if args.command != "quickstart":
         return args.run(args)
 
-    if args.command == "quickstart":
-        metrics = quickstart(
-            args.out,
-            args.model,
-            args.hookpoint,
-            args.max_tokens,
-            args.eval_max_tokens,
-            args.width,
-            args.target_l0,
-            args.device,
-            args.seed,
-        )
-        print(json.dumps({key: metrics[key] for key in quickstart_metrics()}, indent=2))
-        print(f"[saelab] metrics: {args.out / 'metrics.json'}")
-        print(f"[saelab] report:  {args.out / 'report.html'}")
-        print(f"[saelab] SAE:     {args.out / 'sae'}  (saelab.load_sae({str(args.out / 'sae')!r}))")
+    metrics = quickstart(
+        args.out,
+        args.model,
+        args.hookpoint,
+        args.max_tokens,
+        args.eval_max_tokens,
+        args.width,
+        args.target_l0,
+        args.device,
+        args.seed,
+    )
+    print(json.dumps({key: metrics[key] for key in quickstart_metrics()}, indent=2))
+    print(f"[saelab] metrics: {args.out / 'metrics.json'}")
+    print(f"[saelab] report:  {args.out / 'report.html'}")
+    print(f"[saelab] SAE:     {args.out / 'sae'}  (saelab.load_sae({str(args.out / 'sae')!r}))")
     return 0
 
 

@@ -36,7 +36,7 @@ EXPERIMENTS = {
 }
 #: train_sae arguments an experiment sets itself (the rest pass through **train_options).
 TRAIN_FILLED = ("store", "kind", "width", "seed", "max_tokens", "callback", "config", "device")
-TRAIN_FILLED += ("dtype", "progress", "distributed", "k")
+TRAIN_FILLED += ("dtype", "progress", "distributed")
 EXAMPLE = """example:
   saelab compare configs/hierarchical.toml --set compare.max_tokens=50000
   saelab compare configs/tiny/compare_hierarchical.toml --out runs/hier-tiny
@@ -82,13 +82,18 @@ def experiment_function(config: dict):
     return getattr(importlib.import_module(module), function)
 
 
-def compare_options(config: dict, function) -> dict:
-    """`[compare]` checked against the function (and train_sae's options), with paths
-    opened and "default" head shapes as None."""
+def allowed_keys(function) -> list[str]:
+    """`[compare]`'s keys: the function's arguments, then train_sae's training options and
+    the SAE kinds' options (its `**train_options`)."""
     allowed = argument_names(function, ("model", "out"))
     allowed += [a for a in argument_names(saelab.train_sae, TRAIN_FILLED) if a not in allowed]
-    allowed += [a for a in kind_options() if a not in allowed]
-    options = table("compare", config, "compare", allowed)
+    return allowed + [a for a in kind_options() if a not in allowed]
+
+
+def compare_options(config: dict, function) -> dict:
+    """`[compare]` checked against `allowed_keys`, with paths opened and "default" head
+    shapes as None."""
+    options = table("compare", config, "compare", allowed_keys(function))
     if "hookpoint" not in options:
         fail("compare", '[compare] needs hookpoint, e.g. hookpoint = "resid_post.15"')
     if "store" in options:
