@@ -25,8 +25,14 @@ Without CUDA it prints "no CUDA device: nothing to measure" and exits 0. `--cpu`
 code path on the CPU at tiny sizes (stories260K, two small widths, a few steps) as a smoke
 test; MFU is "-" there unless `--peak-tflops` is given.
 
+`--autocast-check` instead measures what bf16 autocast does to `saelab.evaluate`: SAEs trained
+on `--model` (stories260K by default) at a few hookpoints, evaluated on held-out medical text
+with `autocast=False` and `autocast=True` (CPU autocast with `--cpu`), and the largest
+absolute difference of each metric printed (README "Running on a GPU" quotes it).
+
 Usage:
     python benchmarks/gpu.py                                # on a GPU node: the full table
+    python benchmarks/gpu.py --cpu --autocast-check         # bf16 vs float32 metrics (~1 min)
     python benchmarks/gpu.py --model stories260k --widths 4608
     python benchmarks/gpu.py --cpu                          # CPU smoke test (~30 s)
 """
@@ -165,6 +171,41 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
 
 
+CHECK_METRICS = ("mse", "fvu", "l0", "ce_clean", "ce_sae", "ce_loss_recovered", "delta_ce", "kl")
+
+
+def autocast_check(model_name: str, device: torch.device, n_tokens: int) -> None:
+    """Largest |bf16-autocast metric - float32 metric| over SAEs at a few hookpoints."""
+    from saelab.metrics import evaluate
+
+    model = saelab.load_model(model_name, device=device)
+    n_blocks = len(_blocks(hf_module(model)))
+    hookpoints = [f"resid_post.{n_blocks // 2}", f"mlp_out.{n_blocks // 2}", "resid_post.1"]
+    train = saelab.load_corpus("medical", split="train")
+    stores = saelab.harvest(model, hookpoints, train, max_tokens=4 * n_tokens, progress=False)
+    test = saelab.pack(model.tokenizer, saelab.load_corpus("medical", split="test"), 128, n_tokens)
+    worst = dict.fromkeys(CHECK_METRICS, 0.0)
+    for hp in hookpoints:
+        for kind, options in (("topk", {"k": 16}), ("jumprelu", {"target_l0": 16})):
+            sae = saelab.train_sae(
+                stores[hp],
+                kind,
+                width=8 * d_model(model),
+                progress=False,
+                max_tokens=20 * n_tokens,
+                **options,
+            )
+            runs = [
+                evaluate(sae, model, hp, test, progress=False, autocast=a) for a in (False, True)
+            ]
+            exact, bf16 = (r.iloc[0] for r in runs)
+            line = ", ".join(f"{m} {exact[m]:.4f}/{bf16[m]:.4f}" for m in CHECK_METRICS)
+            print(f"{hp} {kind}: float32/bf16 {line}")
+            for m in CHECK_METRICS:
+                worst[m] = max(worst[m], abs(float(bf16[m]) - float(exact[m])))
+    print("largest |bf16 - float32|: " + ", ".join(f"{m} {v:.2g}" for m, v in worst.items()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="smoke test on the CPU, tiny sizes")
@@ -179,6 +220,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed train steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
+    parser.add_argument("--autocast-check", action="store_true", help="bf16 vs float32 metrics")
     args = parser.parse_args(argv)
 
     if not args.cpu and not torch.cuda.is_available():
@@ -192,6 +234,9 @@ def main(argv=None) -> int:
     steps = args.steps or (20 if gpu else 3)
     n_harvest = args.harvest_tokens or (65_536 if gpu else 1024)
     harvest_batch = args.harvest_batch or (64 if gpu else 8)
+    if args.autocast_check:
+        autocast_check(args.model or "stories260k", device, args.harvest_tokens or 4096)
+        return 0
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
     print(f"device: {name}; peak {peak or '?'} TFLOP/s (dense bf16); torch {torch.__version__}")
