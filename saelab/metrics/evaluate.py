@@ -47,6 +47,11 @@ def name_saes(saes) -> dict:
 def _check(named: dict, model, hp: Hookpoint) -> None:
     """Each SAE must take the model's hidden size; another hookpoint only warns (a transfer)."""
     for name, sae in named.items():
+        if any(p.device.type == "meta" for p in sae.parameters()):
+            raise ValueError(
+                f"SAE {name!r} is on the meta device (shapes only, no weights): load it, or "
+                "sae.to_empty(device=...) and load its weights, before evaluating"
+            )
         check_fits(sae.cfg, f"SAE {name!r}", d_in=d_model(model), d_in_of="the model's hidden size")
         if sae.cfg.hookpoint and sae.cfg.hookpoint != str(hp):
             # stacklevel 4: this helper, evaluate, torch.no_grad's wrapper, the caller
