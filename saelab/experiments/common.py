@@ -24,17 +24,17 @@ def training_store(
     corpus: str,
     store: ActivationStore | None = None,
     max_tokens: int = 200_000,
-    device=None,
     progress: bool = True,
 ) -> ActivationStore:
     """`store` if given (it must hold `hookpoint`), else the first `max_tokens` packed tokens
-    of `corpus`'s train split, harvested at `hookpoint`."""
+    of `corpus`'s train split, harvested at `hookpoint` on the model's own device (the
+    experiments' `device` is where the SAEs train and run, which may be another)."""
     if store is not None:
         if store.info.hookpoint and store.info.hookpoint != hookpoint:
             raise ValueError(f"the store holds {store.info.hookpoint}, not {hookpoint}")
         return store
     texts = load_corpus(corpus, split="train")
-    return harvest(model, hookpoint, texts, max_tokens=max_tokens, device=device, progress=progress)
+    return harvest(model, hookpoint, texts, max_tokens=max_tokens, progress=progress)
 
 
 def held_out_scores(

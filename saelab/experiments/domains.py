@@ -74,7 +74,7 @@ def compare_domains(
     run = {"device": device, "progress": progress, "dtype": dtype}
     saes, specs = {}, {}
     for corpus in (domain, broad):
-        store = training_store(model, hookpoint, corpus, None, max_tokens, device, progress)
+        store = training_store(model, hookpoint, corpus, None, max_tokens, progress)
         for kind in kinds:
             for width in widths:
                 for target_l0 in target_l0s:

@@ -65,7 +65,7 @@ def compare_residual(
                 f"a {base.cfg.kind} base has no L0 target to match; pass domain_only=False"
             )
         only_option = sae_class(base.cfg.kind).sparsity_option(base.target_l0 + target_l0)
-    store = training_store(model, hookpoint, domain, store, max_tokens, device, progress)
+    store = training_store(model, hookpoint, domain, store, max_tokens, progress)
     # passed to every train and evaluate
     run = {"device": device, "progress": progress, "dtype": dtype}
     common = {"max_tokens": max_tokens, "seed": seed, **run, **train_options}

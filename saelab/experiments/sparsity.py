@@ -60,7 +60,7 @@ def compare_hierarchical(
     one is shared by its rows), one row per (SAE, k).
     """
     ks = sorted(int(k) for k in ks)
-    store = training_store(model, hookpoint, trained_on, store, max_tokens, device, progress)
+    store = training_store(model, hookpoint, trained_on, store, max_tokens, progress)
     # passed to every train and evaluate
     run = {"device": device, "progress": progress, "dtype": dtype}
     common = {
@@ -128,7 +128,7 @@ def compare_kron(
     `train_tokens_per_s` = max_tokens / wall time of the training run (sequential runs on
     a shared machine: compare within one table).
     """
-    store = training_store(model, hookpoint, trained_on, store, max_tokens, device, progress)
+    store = training_store(model, hookpoint, trained_on, store, max_tokens, progress)
     # passed to every train and evaluate
     run = {"device": device, "progress": progress, "dtype": dtype}
     saes, seconds = {}, {}

@@ -68,7 +68,8 @@ def train_layer_saes(
     names = layer_hookpoints(layers, sites)
     if stores is None:
         texts = load_corpus(corpus, split="train")
-        where = {"cache": cache, "dtype": cache_dtype, "device": device, "progress": progress}
+        # on the model's own device; `device` is where the SAEs train
+        where = {"cache": cache, "dtype": cache_dtype, "progress": progress}
         stores = harvest(model, names, texts, max_tokens=max_tokens, ctx_len=ctx_len, **where)
     missing = [name for name in names if name not in stores]
     if missing:
