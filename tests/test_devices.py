@@ -59,6 +59,10 @@ def test_edits_run_in_float32_without_autocast(stories, medical_tokens):
     out = interventions.logits(stories, medical_tokens[:2], [edit], autocast=True)
     assert out.dtype == torch.float32
     assert seen == [(torch.float32, False, torch.float32)]
+    seen.clear()
+    ids = interventions.generate(stories, medical_tokens[:1, :8], [edit], 4, autocast=True)
+    assert ids.shape == (1, 12)
+    assert seen == [(torch.float32, False, torch.float32)] * 4  # the prompt and 3 new tokens
 
 
 def test_evaluate_under_autocast_keeps_the_sae_in_float32(stories, medical_tokens, sae):
