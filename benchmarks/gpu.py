@@ -19,7 +19,8 @@ On a CUDA device it prints one table:
 
 MFU = achieved FLOP/s / peak FLOP/s. The peak is the device's dense bf16 tensor-core figure
 from `PEAK_BF16_TFLOPS` (matched by name: H100/H200 989, A100 312, ...), or `--peak-tflops`.
-A float32 train step is scored against the bf16 peak too, so its MFU shows the headroom.
+A float32 train step is scored against the bf16 peak too, so its MFU shows the headroom;
+`--tf32` lets its matmuls use TF32 tensor cores (`torch.backends.cuda.matmul.allow_tf32`).
 
 Without CUDA it prints "no CUDA device: nothing to measure" and exits 0. `--cpu` runs the same
 code path on the CPU at tiny sizes (stories260K, two small widths, a few steps) as a smoke
@@ -33,6 +34,7 @@ absolute difference of each metric printed (README "Running on a GPU" quotes it)
 Usage:
     python benchmarks/gpu.py                                # on a GPU node: the full table
     python benchmarks/gpu.py --cpu --autocast-check         # bf16 vs float32 metrics (~1 min)
+    python benchmarks/gpu.py --tf32                         # float32 SAEs on TF32 tensor cores
     python benchmarks/gpu.py --model stories260k --widths 4608
     python benchmarks/gpu.py --cpu                          # CPU smoke test (~30 s)
 """
@@ -51,7 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 import saelab
 from saelab.activations import ActivationStore
 from saelab.models import _blocks, d_model, hf_module, parse_hookpoint
-from saelab.sae import make_sae
 from saelab.sae.topk import use_sparse_decoder
 
 KINDS = ("topk", "jumprelu", "batchtopk", "kron")
@@ -126,9 +127,7 @@ def train_rate(kind, width, d_in, batch, steps, warmup, device) -> tuple[float, 
         **options,
     )
     seconds = marks[steps + warmup - 1] - marks[warmup - 1]
-    probe = make_sae(kind, d_in, width, **options)  # same config: the FLOP count
-    del sae
-    return steps * batch / seconds, step_flops(probe, batch)
+    return steps * batch / seconds, step_flops(sae, batch)
 
 
 def forward_params(model, hookpoint: str) -> int:
@@ -220,6 +219,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed train steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls for the train steps")
     parser.add_argument("--autocast-check", action="store_true", help="bf16 vs float32 metrics")
     args = parser.parse_args(argv)
 
@@ -254,10 +254,12 @@ def main(argv=None) -> int:
         setting = f"{model_name} {hookpoint} {label} batch {harvest_batch}x128"
         rows.append(row("harvest", setting, rate, flops_per_token, peak))
     del model
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32  # float32 SAEs: TF32 tensor cores or not
+    precision = "float32 (TF32 matmuls)" if args.tf32 else "float32"
     for kind in args.kinds:
         for width in widths:
             rate, flops = train_rate(kind, width, d_in, batch, steps, args.warmup, device)
-            setting = f"{kind} F={width} d={d_in} B={batch} float32"
+            setting = f"{kind} F={width} d={d_in} B={batch} {precision}"
             rows.append(row("train", setting, rate, flops / batch, peak))
     print_table(rows)
     return 0
