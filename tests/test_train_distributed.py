@@ -28,7 +28,7 @@ RUNS = {
         "kind": "jumprelu",
         "width": 256,
         "batch_size": 128,
-        "lr": 3e-3,
+        "lr": 1e-3,
         "l0_coef": 0.1,
     },
 }
@@ -40,8 +40,7 @@ import json, os, signal, sys
 from pathlib import Path
 import torch
 from saelab.activations import ActivationStore
-from saelab.train import train_sae
-from saelab.train.distributed import Ranks
+from saelab.train import is_main_process, train_sae
 
 store, out, runs = ActivationStore.load(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 rank = int(os.environ["RANK"])
@@ -57,7 +56,8 @@ for name, args in runs.items():
     except ValueError as err:
         (out / f"{name}.rank{rank}.txt").write_text(str(err))
         continue
-    torch.save({"state": sae.state_dict(), "history": sae.history}, out / f"{name}.rank{rank}.pt")
+    saved = {"state": sae.state_dict(), "history": sae.history, "main": is_main_process()}
+    torch.save(saved, out / f"{name}.rank{rank}.pt")
 """
 
 
@@ -123,6 +123,7 @@ def test_two_ranks_train_the_weights_one_process_trains(launch, one_process, nam
     out = folder / "out"
     assert (out / f"{name}.rank0.pt").exists(), launch[2].stderr[-3000:]
     ranks = [torch.load(out / f"{name}.rank{rank}.pt") for rank in (0, 1)]
+    assert [saved["main"] for saved in ranks] == [True, False]  # who saves in a user's script
     for key, value in ranks[0]["state"].items():  # every rank returns the same SAE
         assert torch.equal(value, ranks[1]["state"][key]), key
     sae, trainer_state = one_process[name]

@@ -1,6 +1,14 @@
 """Training: the one loop every kind goes through, checkpoints, residual training."""
 
+from saelab.train.distributed import is_main_process
 from saelab.train.loop import NonFiniteError, TrainConfig, train_sae
 from saelab.train.residual import ErrorStore, train_residual
 
-__all__ = ["ErrorStore", "NonFiniteError", "TrainConfig", "train_residual", "train_sae"]
+__all__ = [
+    "ErrorStore",
+    "NonFiniteError",
+    "TrainConfig",
+    "is_main_process",
+    "train_residual",
+    "train_sae",
+]

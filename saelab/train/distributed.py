@@ -24,6 +24,11 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LOGGED_AS_IS = ("step", "tokens", "lr")  # the same on every rank: not averaged
 
 
+def is_main_process() -> bool:
+    """True in a one-process run and on rank 0: the process that saves, prints and logs."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def rank_device(device: str | torch.device | None) -> torch.device:
     """This rank's device: `cuda:LOCAL_RANK` when CUDA is asked for (or is there and nothing
     was asked for) without an index, else `device` (CPU by default without CUDA)."""
