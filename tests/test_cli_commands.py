@@ -4,6 +4,9 @@ output checked against the direct Python call the config stands for."""
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -73,6 +76,22 @@ def test_train_equals_train_sae_on_the_same_store(cache, trained):
         assert torch.equal(sae.state_dict()[name], weight), name
     history = pd.read_csv(trained / "history.csv")
     assert history["step"].tolist() == [row["step"] for row in direct.history]
+
+
+def test_torchrun_two_ranks_train_the_same_sae_and_rank_0_writes_it(cache, trained, tmp_path):
+    """`torchrun -m saelab train` (2 gloo ranks, a real process each) passes
+    distributed=True: the global batch is the single process's, so the weights agree."""
+    sets = [f"train_sae.store={cache}", "train_sae.width=96", "train_sae.k=4"]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    argv += ["-m", "saelab", "train", str(TINY / "train.toml"), "--out", str(tmp_path)]
+    argv += [f"--set={s}" for s in sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("topk width 96 at resid_post.2") == 1  # rank 0 only
+    ddp, single = saelab.load_sae(tmp_path / "sae"), saelab.load_sae(trained / "sae")
+    for name, weight in single.state_dict().items():
+        assert torch.allclose(ddp.state_dict()[name], weight, atol=1e-6, rtol=0), name
 
 
 def test_train_harvests_when_no_store_is_given(tmp_path):
