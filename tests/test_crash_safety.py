@@ -19,8 +19,8 @@ import saelab
 import saelab.io
 from saelab.sae.folder import WEIGHTS_FILE
 
-TRAIN = {"kind": "topk", "width": 128, "k": 8, "batch_size": 64, "max_tokens": 64 * 100}
-N_STEPS = 100
+TRAIN = {"kind": "topk", "width": 128, "k": 8, "batch_size": 64, "max_tokens": 64 * 300}
+N_STEPS = 300
 # The child runs `train_sae` on the saved store and saves the result to argv[2];
 # argv[3], when given, is its checkpoint folder (a checkpoint after every step, so most of
 # its time is spent writing one and a kill lands mid-write).
@@ -101,7 +101,7 @@ def test_sigkill_during_training_resumes_to_identical_weights(saved_store, tmp_p
             if trainer_state.exists() and trainer_state.stat().st_mtime_ns != seen:
                 break  # this run has written a checkpoint of its own
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.1))
         kill(proc)
         # whatever the kill interrupted, the checkpoint in place is whole and loads
         killed_at.append(torch.load(trainer_state, weights_only=False)["step"])
