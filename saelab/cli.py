@@ -32,7 +32,7 @@ EPILOG = """examples:
   saelab cache configs/tiny/cache.toml                # activations -> runs/cache
   saelab train configs/tiny/train.toml --set train_sae.width=256
   torchrun --nproc_per_node=2 -m saelab train configs/tiny/train.toml \\
-      --set train_sae.store=runs/cache                # DDP, one cache shard per rank
+      --set train_sae.store=runs/cache                # DDP on 2 ranks, from a cache
   saelab eval configs/tiny/eval.toml --set load_sae.folder=runs/train/sae
   saelab compare configs/hierarchical.toml            # the README's HierarchicalTopK table
   saelab flow configs/flow_run_b.toml                 # cross-layer feature flow, run B

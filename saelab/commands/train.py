@@ -6,8 +6,8 @@ harvests `[harvest]` on `[load_corpus]` (default split train) with `[load_model]
 `out/sae/` (`saelab.load_sae`) and `out/history.csv` (the training log, `saelab report`).
 
 Under `torchrun --nproc_per_node=N -m saelab train config.toml` (WORLD_SIZE > 1) training
-runs with DDP (`train_sae(distributed=True)`: gloo on CPU, NCCL on CUDA); each rank reads
-its shard of the cache named by `train_sae.store`, and rank 0 writes the outputs.
+runs with DDP (`train_sae(distributed=True)`: gloo on CPU, NCCL on CUDA); every rank reads
+its slice of each global batch from the cache `train_sae.store`; rank 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def run(args) -> int:
             fail(
                 "train",
                 "under torchrun, train from a cache: write one with saelab cache "
-                "and set train_sae.store (each rank reads its shard of it)",
+                "and set train_sae.store (each rank reads its slice of every batch from it)",
             )
         options["distributed"] = True
     if "store" in options:
