@@ -222,3 +222,19 @@ def test_full_disk_during_training_keeps_the_last_checkpoint_and_resumes(
     resumed = saelab.train_sae(store, checkpoint_dir=tmp_path, checkpoint_every=5, **settings)
     for name, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_next_write_clears_dead_writers_temporaries_but_not_live_ones(tmp_path, monkeypatch):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / f".sae.tmp-{dead}").mkdir()  # a writer killed mid-save
+    (tmp_path / f".sae.tmp-{os.getppid()}").mkdir()  # a writer still running
+    sae = saelab.make_sae("topk", 64, 128, k=8, seed=1)
+    sae.save(tmp_path / "sae")
+    # where the system cannot swap folders atomically, two renames replace it as well
+    monkeypatch.setattr(saelab.io, "_exchange", lambda a, b: False)
+    new = saelab.make_sae("topk", 64, 128, k=8, seed=2)
+    new.save(tmp_path / "sae")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".sae.tmp-{os.getppid()}", "sae"]
+    assert torch.equal(saelab.load_sae(tmp_path / "sae").W_dec_FD, new.W_dec_FD)
