@@ -34,9 +34,17 @@ EXPERIMENTS = {
     "hierarchical": ("saelab.experiments.sparsity", "compare_hierarchical"),
     "kron": ("saelab.experiments.sparsity", "compare_kron"),
 }
-#: train_sae arguments an experiment sets itself (the rest pass through **train_options).
+#: train_sae arguments an experiment sets itself or that one run of several cannot share
+#: (a checkpoint folder); the rest pass through **train_options.
 TRAIN_FILLED = ("store", "kind", "width", "seed", "max_tokens", "callback", "config", "device")
-TRAIN_FILLED += ("dtype", "progress", "distributed")
+TRAIN_FILLED += ("dtype", "progress", "distributed", "checkpoint_dir", "checkpoint_every")
+#: Kind options each experiment sets per SAE from its own arguments (k from ks, ...).
+KIND_FILLED = {
+    "compare_domains": ("target_l0", "k"),
+    "compare_residual": ("target_l0", "k"),
+    "compare_hierarchical": ("k", "k_set"),
+    "compare_kron": ("m", "n"),
+}
 EXAMPLE = """example:
   saelab compare configs/hierarchical.toml --set compare.max_tokens=50000
   saelab compare configs/tiny/compare_hierarchical.toml --out runs/hier-tiny
@@ -87,7 +95,8 @@ def allowed_keys(function) -> list[str]:
     the SAE kinds' options (its `**train_options`)."""
     allowed = argument_names(function, ("model", "out"))
     allowed += [a for a in argument_names(saelab.train_sae, TRAIN_FILLED) if a not in allowed]
-    return allowed + [a for a in kind_options() if a not in allowed]
+    filled = KIND_FILLED[function.__name__]
+    return allowed + [a for a in kind_options() if a not in allowed and a not in filled]
 
 
 def compare_options(config: dict, function) -> dict:

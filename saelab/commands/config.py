@@ -87,18 +87,21 @@ def argument_names(func: Callable, filled: Iterable[str] = ()) -> list[str]:
 
 
 def kind_options(kinds: Iterable[str] | None = None) -> list[str]:
-    """The config fields of the SAE kinds (k, target_l0, k_set, m, ...): `train_sae`'s
-    `**options`. None: every trainable kind."""
+    """The options of the SAE kinds (k, target_l0, k_set, m, ...): their config fields
+    beyond the shared `SAEConfig` ones, i.e. `train_sae`'s `**options`. None: every
+    trainable kind."""
     from dataclasses import fields
 
     from saelab.sae import SAE_KINDS, sae_class
+    from saelab.sae.base import SAEConfig
 
+    shared = {f.name for f in fields(SAEConfig)}
     names: dict[str, None] = {}
     for kind in kinds if kinds is not None else SAE_KINDS:
         cls = sae_class(kind)
         if not cls.composite:
             names.update(dict.fromkeys(f.name for f in fields(cls.config_class)))
-    return [name for name in names if name not in ("d_in", "width", "hookpoint", "model")]
+    return [name for name in names if name not in shared]
 
 
 def table(command: str, config: dict, name: str, allowed: Iterable[str]) -> dict:
