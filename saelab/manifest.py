@@ -45,7 +45,8 @@ def read_manifest(folder: Path) -> StoreInfo:
     _expect(
         path, "sink_factor", factor, type(factor) in (int, float) and factor >= 0, "a number >= 0"
     )
-    _expect(path, "dtype", raw["dtype"], raw["dtype"] in CACHE_DTYPES, f"one of {[*CACHE_DTYPES]}")
+    dtype = raw["dtype"]
+    _expect(path, "dtype", dtype, isinstance(dtype, str) and dtype in CACHE_DTYPES, "a dtype")
     _check_shards(path, raw["shards"], raw["n_tokens"])
     return StoreInfo(**raw)
 
