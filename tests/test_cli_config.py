@@ -117,7 +117,7 @@ def test_every_config_names_its_readme_table():
             "unknown key [compare] 'width'; allowed: hookpoint, trained_on, evaluated_on,",
         ),
         (["compare", TINY / "compare_hierarchical.toml", "--set", "experiment=x"], "one of dom"),
-        (["compare", TINY / "compare_hierarchical.toml", "--set", "compare.k=1"], "key [compare] 'k'"),
+        (["compare", TINY / "compare_hierarchical.toml", "--set=compare.k=1"], "key [compare] 'k'"),
         (["flow", TINY / "flow.toml", "--set", "widht=3"], "unknown key 'widht'; allowed: layers"),
         (["quickstart", "--set", "max_token=5"], "unknown key 'max_token'; allowed: out,"),
         (["steer", "--set", "strength=2"], "--saes is needed"),
