@@ -148,7 +148,13 @@ def _read(model, parsed, tokens_CT, starts, batch_size, sink_factor, device, dty
         dropped_sinks += int((~keep_BT[:, 1:]).sum())
         ctx_B, pos_T = torch.nonzero(keep_BT, as_tuple=True)
         for name, acts_BTD in zip(chunks, acts, strict=True):
-            chunks[name].append(acts_BTD[keep_BT].to(dtype))
+            kept_ND = acts_BTD[keep_BT].to(dtype)
+            if dtype == torch.float16 and not torch.isfinite(kept_ND).all():
+                raise ValueError(
+                    f"{name} has activations beyond float16's range (65504) at kept "
+                    "positions: harvest with dtype='bfloat16' (float32's range) instead"
+                )
+            chunks[name].append(kept_ND)
         contexts.append((ctx_B + start).int())
         positions.append(pos_T.int())
         bar.update(ids_BT.numel())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from saelab.cache_format import (
+    CACHE_DTYPES,
     CacheError,
     check_free_space,
     dtype_name,
@@ -66,8 +67,9 @@ class ActivationStore:
         self.tokens_CT = tokens_CT
         self.info = info
         self._shards = shards  # list of (start, memmap) when memory-mapped
-        if acts_ND is not None:
-            self.info.dtype = dtype_name(acts_ND.dtype)
+        if acts_ND is not None:  # any other float dtype is kept in memory, saved as float32
+            cached = acts_ND.dtype in CACHE_DTYPES.values()
+            self.info.dtype = dtype_name(acts_ND.dtype) if cached else "float32"
 
     @classmethod
     def from_tensor(
@@ -173,9 +175,8 @@ class ActivationStore:
 
     def _rows(self, index_N: torch.Tensor) -> torch.Tensor:
         """Rows in their stored dtype (what `save` writes)."""
-        if self._shards is None:
-            return self.acts_ND[index_N]
-        return self.get(index_N).to(self.stored_dtype)
+        rows = self.acts_ND[index_N] if self._shards is None else self.get(index_N)
+        return rows.to(self.stored_dtype)
 
     @classmethod
     def load(cls, folder: str | Path) -> ActivationStore:
