@@ -20,12 +20,18 @@ from saelab.commands.common import fail
 #: Folder files first in this order (the quickstart's, an experiment's, flow's), then the rest.
 FOLDER_ORDER = ("metrics.json", "history.csv", "table.csv", "groups.csv", "deactivation.csv")
 
+REPORT_EXAMPLE = """examples:
+  saelab report runs/hierarchical                 # a saelab compare folder: table.csv
+  saelab report runs/flow/groups.csv --out groups.html --figures figs --format svg"""
+
 
 def add_parser(sub) -> None:
     parser = sub.add_parser(
         "report",
         help="an offline HTML report of saved experiment tables (CSV, metrics.json or a folder)",
         description=__doc__.split("\n\n")[0],
+        epilog=REPORT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", type=Path, help="a table (.csv), a metrics.json or a folder")
     parser.add_argument(
