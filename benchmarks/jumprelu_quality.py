@@ -59,6 +59,10 @@ OPTION_SETS = {
         "threshold_init": 0.001,
         "init_l0_ratio": 4.0,
     },
+    # centred, constant θ, and at most target_l0 latents per token in training (TopK's
+    # competition while θ settles): 0.95 on the synthetic dictionary, as TopK
+    "centered,cap1": {**CENTERED, "topk_cap": 1.0},
+    "centered,cap1.5": {**CENTERED, "topk_cap": 1.5},
     "centered+pre_act": {**CENTERED, "pre_act_loss_coef": 1.0},
     "centered+auxk": {**CENTERED, "aux_coef": 0.25},
 }

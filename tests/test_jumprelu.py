@@ -123,3 +123,23 @@ def test_centred_training_folds_into_gemma_scope_form():
     assert sae.cfg.center_input is False
     torch.testing.assert_close(sae.encode(x), trained, rtol=1e-5, atol=1e-5)
     assert (trained > 0).any() and not torch.equal(sae.b_enc_F, perturbed("jumprelu").b_enc_F)
+
+
+def test_topk_cap_reconstructs_from_the_largest_codes_only():
+    """With topk_cap, training reconstructs from the round(cap × target_l0) largest codes of
+    each token; the L0 the penalty counts is still every latent above θ."""
+    x = inputs(32)
+    sae = perturbed("jumprelu", target_l0=2.0, topk_cap=1.5)  # at most 3 codes per token
+    with torch.no_grad():
+        sae.log_threshold_F.fill_(-8.0)  # θ ~ 3e-4: most positive z fire
+    W_enc, b_enc, W_dec, b_dec = (
+        t.detach().double() for t in (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D)
+    )
+    f = (x.double() @ W_enc + b_enc).clamp_min(0)
+    f = torch.where(f > 3.35e-4, f, 0.0)
+    assert (f > 0).sum(-1).min() > 3  # the cap binds on every token
+    kept = torch.zeros_like(f).scatter_(1, f.topk(3, dim=1).indices, 1.0)
+    mse = ((f * kept) @ W_dec + b_dec - x.double()).pow(2).sum(-1).mean()
+    out = sae.training_loss(x, TrainContext(step=50, n_steps=100))
+    assert out.mse.item() == pytest.approx(mse.item(), rel=1e-5)
+    assert out.l0.item() == pytest.approx((f > 0).double().sum(-1).mean().item())

@@ -216,3 +216,16 @@ def test_training_loss_matches_topk_path_through_all_mand_values(with_dead):
     for name, g in ref_grads.items():
         torch.testing.assert_close(kron_grads[name], g, rtol=1e-5, atol=1e-6)
     assert ref_grads["W_P_DHM"].abs().sum() > 0 and ref_grads["b_Q_HN"].abs().sum() > 0
+
+
+def test_encoder_decoder_init_points_each_row_along_its_two_factors():
+    sae = make_sae("kron", D, F, seed=1, heads=H, m=M, n=N, k=K, decoder_init="encoder")
+    P, Q, W = sae.W_P_DHM.detach(), sae.W_Q_DHN.detach(), sae.W_dec_FD.detach()
+    for latent in range(F):
+        g, i, j = (int(t) for t in latent_to_hmn(latent, M, N))
+        direction = P[:, g * M + i] + Q[:, g * N + j]
+        torch.testing.assert_close(W[latent], direction / direction.norm(), rtol=0, atol=1e-6)
+    random_init = make_sae("kron", D, F, seed=1, heads=H, m=M, n=N, k=K).W_dec_FD.detach()
+    assert not torch.allclose(random_init, W, atol=0.1)
+    with pytest.raises(ValueError, match="decoder_init"):
+        make_sae("kron", D, F, heads=H, m=M, n=N, k=K, decoder_init="tied")

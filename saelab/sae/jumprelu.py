@@ -80,6 +80,9 @@ class JumpReLUConfig(SAEConfig):
     # z = x W_enc + b_enc leaves each latent a constant b_dec·W_enc,i that b_enc must learn
     # away; on the synthetic dictionary centring is what keeps constant-θ latents alive.
     center_input: bool = False
+    # Training only: at most round(topk_cap × target_l0) latents per token pass (the largest
+    # f), so latents compete as in TopK. None: no cap (the paper).
+    topk_cap: float | None = None
 
     def __post_init__(self):
         if self.k_aux is None:
@@ -244,6 +247,12 @@ class JumpReLUSAE(SAE):
         z_BF = self.pre_acts(x_BD)
         threshold_F = self.threshold_F
         f_BF = jumprelu(z_BF, threshold_F, self.cfg.bandwidth, self.cfg.ste_to_input)
+        if self.cfg.topk_cap is not None:
+            cap = max(1, round(self.cfg.topk_cap * (self.cfg.target_l0 or self.cfg.init_l0)))
+            kept_BF = torch.zeros_like(f_BF).scatter_(
+                1, f_BF.detach().topk(cap, dim=1).indices, 1.0
+            )
+            f_BF = f_BF * kept_BF
         x_hat_BD = self.decode(f_BF)
         mse = sq_error(x_BD, x_hat_BD)
         ramp = linear_warmup(ctx, self.cfg.l0_warmup_frac)

@@ -37,6 +37,10 @@ class KronConfig(TopKConfig):
     heads: int | None = None
     m: int | None = None
     n: int | None = None
+    # "random": unit-norm Gaussian decoder rows, unrelated to the encoder. "encoder": row
+    # (g, i, j) starts as (p_i + q_j) normalised, a direction in which both u_i and v_j grow
+    # (the steepest for mAND when |p_i| = |q_j|): KronSAE's analogue of TopK's tied init.
+    decoder_init: str = "random"
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,6 +48,8 @@ class KronConfig(TopKConfig):
             raise ValueError(f"give both m and n, or neither (got m={self.m}, n={self.n})")
         if self.m is not None and min(self.m, self.n) < 1:
             raise ValueError(f"m and n must be >= 1, got m={self.m}, n={self.n}")
+        if self.decoder_init not in ("random", "encoder"):
+            raise ValueError(f"decoder_init is 'random' or 'encoder', got {self.decoder_init!r}")
         if self.m is None:
             self.heads, self.m, self.n = kron_shape(self.width, self.heads)
         elif self.heads is None:
@@ -150,6 +156,11 @@ class KronSAE(TopKSAE):
         )
         self.b_P_HM = nn.Parameter(torch.zeros(h * m, dtype=dtype))
         self.b_Q_HN = nn.Parameter(torch.zeros(h * n, dtype=dtype))
+        if cfg.decoder_init == "encoder":
+            P_HMD = self.W_P_DHM.detach().double().T.reshape(h, m, 1, D)
+            Q_HND = self.W_Q_DHN.detach().double().T.reshape(h, 1, n, D)
+            rows_FD = (P_HMD + Q_HND).reshape(h * m * n, D)
+            self.W_dec_FD.data = (rows_FD / rows_FD.norm(dim=1, keepdim=True)).to(dtype)
 
     def encoder_multiply_adds(self) -> int:
         """`h(m+n)·d` per token, against a dense encoder's `F·d`. The `F` mAND square roots
