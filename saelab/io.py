@@ -72,15 +72,25 @@ def clear_stale(path: Path) -> list[Path]:
         tag, _, pid = sibling.name[len(path.name) + 2 :].rpartition("-")
         if tag not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
             continue
-        if sibling.is_dir() and not sibling.is_symlink():
-            shutil.rmtree(sibling, ignore_errors=True)
-        else:
-            sibling.unlink(missing_ok=True)
-        removed.append(sibling)
+        try:
+            _remove(sibling)
+            removed.append(sibling)
+        except OSError:  # best effort: a leftover we may not delete must not block the write
+            pass
     return removed
 
 
+def _remove(path: Path) -> None:
+    """Delete a file or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _fsync_path(path: Path) -> None:
+    if os.name != "posix" and path.is_dir():  # folders cannot be opened for fsync there
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -167,7 +177,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
 def _publish(tmp: Path, folder: Path) -> None:
     """Put the finished `tmp` where `folder` is, never leaving `folder` missing or half."""
     if folder.exists() and _exchange(tmp, folder):
-        shutil.rmtree(tmp)  # now the old version
+        _remove(tmp)  # now the old version
     elif folder.exists():  # no atomic swap here: a short window where `folder` is absent
         old = _tmp_sibling(folder, "old")
         os.replace(folder, old)
