@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from saelab.cache import SINK_FACTOR, ActivationStore, StoreInfo, writing_cache
+from saelab.cache import SINK_FACTOR, ActivationStore, StoreInfo
 from saelab.cache_format import (
     cache_dtype,
     check_free_space,
@@ -29,6 +29,7 @@ from saelab.cache_format import (
 )
 from saelab.data import pack
 from saelab.interventions import read_hookpoints
+from saelab.io import atomic_folder
 from saelab.models import Hookpoint, d_model, model_device, parse_hookpoint
 
 __all__ = ["SINK_FACTOR", "ActivationStore", "StoreInfo", "harvest", "keep_mask"]
@@ -127,7 +128,7 @@ def harvest(
             write_sharded(stores, folders, rank, world_size, shard_tokens)
         else:
             for name, store in stores.items():
-                with writing_cache(folders[name]) as tmp:
+                with atomic_folder(folders[name]) as tmp:
                     store.write_manifest(tmp, store.write_shards(tmp, 0, len(store), shard_tokens))
         stores = {n: ActivationStore.load(folders[n]) for n in names}
     return stores[names[0]] if single else stores

@@ -3,16 +3,14 @@
 A cache folder holds `manifest.json` (a `StoreInfo`), `tokens.safetensors` (the packed
 contexts) and shards with `acts` `[n, D]` (float32, float16 or bfloat16), `context` and
 `position` `[n]` int32. `save` writes a whole folder atomically (`io.atomic_folder`): a
-crash, a kill or a full disk leaves the previous cache, never half of a new one. `load`
+crash, a kill or a full disk leaves the previous cache, never half of a new one, and a
+read-only folder or a full disk is an `OSError` naming the cache folder. `load`
 checks the manifest against every shard header (`manifest.check_manifest`).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,9 +25,8 @@ from saelab.cache_format import (
     estimate_bytes,
     mmap_tensor,
     rows_as_float32,
-    write_safetensors,
 )
-from saelab.io import atomic_folder
+from saelab.io import atomic_folder, write_safetensors, write_text
 
 SINK_FACTOR = 10.0
 
@@ -144,7 +141,7 @@ class ActivationStore:
         """
         folder = Path(folder)
         check_free_space(folder, estimate_bytes(len(self), 1, self.d_in, self.stored_dtype))
-        with writing_cache(folder) as tmp:
+        with atomic_folder(folder) as tmp:
             shards = self.write_shards(tmp, 0, len(self), shard_tokens)
             self.write_manifest(tmp, shards)
         return folder
@@ -171,7 +168,7 @@ class ActivationStore:
             **{**asdict(self.info), "shards": shards, "n_contexts": n_contexts, "ctx_len": ctx_len}
         )
         write_safetensors(folder / "tokens.safetensors", {"tokens": self.tokens_CT.long()})
-        (folder / "manifest.json").write_text(json.dumps(asdict(info), indent=2))
+        write_text(folder / "manifest.json", json.dumps(asdict(info), indent=2))
 
     def _rows(self, index_N: torch.Tensor) -> torch.Tensor:
         """Rows in their stored dtype (what `save` writes)."""
@@ -209,25 +206,3 @@ class ActivationStore:
         if bool(bad.any()) or bool((context_N < 0).any() | (position_N < 0).any()):
             raise CacheError(f"{folder}: a shard's context/position lies outside the tokens")
         return cls(None, context_N, position_N, tokens_CT, info, shards=shards)
-
-
-@contextmanager
-def writing_cache(folder: Path) -> Iterator[Path]:
-    """`io.atomic_folder(folder)` with clear errors for a read-only folder and a full disk."""
-    try:
-        with atomic_folder(folder) as tmp:
-            yield tmp
-    except OSError as err:
-        if isinstance(err, PermissionError) or err.errno == errno.EROFS:
-            raise PermissionError(
-                err.errno,
-                f"cannot write the activation cache {folder}: {folder.parent} is read-only "
-                f"({err.strerror}); nothing was written",
-            ) from err
-        if err.errno == errno.ENOSPC:
-            raise OSError(
-                errno.ENOSPC,
-                f"the disk holding {folder} filled up while writing the activation cache; "
-                "nothing was written there (a previous cache in it is untouched)",
-            ) from err
-        raise

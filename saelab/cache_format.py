@@ -1,7 +1,7 @@
-"""The activation cache on disk: safetensors shards written and memory-mapped by hand.
+"""The activation cache on disk: dtypes, size estimates and memory-mapped safetensors shards.
 
-Shards are written with `os.write` from the tensors' own buffers (no second in-memory copy
-of a 200 MB shard) and read back as numpy memmaps; bfloat16, which numpy lacks, is mapped
+Shards are written by `io.write_safetensors` (streamed, no second in-memory copy of a
+200 MB shard) and read back here as numpy memmaps; bfloat16, which numpy lacks, is mapped
 as int16 and viewed as bfloat16 through torch. Every header and manifest field is checked
 before use, so a corrupt, truncated or inconsistent cache raises `CacheError` naming the
 file and the problem instead of loading wrong rows.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,13 +18,6 @@ import numpy as np
 import torch
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SAFETENSORS_DTYPES = {
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int32: "I32",
-    torch.int64: "I64",
-}
 MMAP_DTYPES = {
     "F32": np.float32,
     "F16": np.float16,
@@ -82,32 +74,6 @@ def check_free_space(folder: Path, needed: int) -> int:
             f"~{human_bytes(needed)}, the filesystem of {existing} has {human_bytes(free)} free",
         )
     return free
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write `tensors` (contiguous, CPU) as one safetensors file with plain `os.write` calls."""
-    header, offset, buffers = {}, 0, []
-    for name, tensor in tensors.items():
-        tensor = tensor.detach().cpu().contiguous()
-        raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
-        buffer = memoryview(raw.numpy()).cast("B")
-        header[name] = {
-            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(buffer)],
-        }
-        offset += len(buffer)
-        buffers.append(buffer)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # data starts 8-byte aligned, as safetensors writes it
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for chunk in [len(text).to_bytes(8, "little"), text, *buffers]:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view[: 1 << 26]) :]
-    finally:
-        os.close(fd)
 
 
 def read_header(path: Path) -> tuple[dict, int]:

@@ -4,7 +4,7 @@ Every rank writes its rows as `rank###_shard_#####.safetensors` plus a small par
 into a staging folder beside the cache; after a collective check that every rank
 succeeded, rank 0 moves the shards into a fresh folder, writes the one manifest (rows in
 rank order, which is the one-process order) and swaps it in atomically
-(`cache.writing_cache`). A kill at any point leaves the previous cache whole; the next
+(`io.atomic_folder`). A kill at any point leaves the previous cache whole; the next
 run clears the stale staging folder first.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from saelab.cache import ActivationStore, StoreInfo, writing_cache
-from saelab.io import write_text
+from saelab.cache import ActivationStore, StoreInfo
+from saelab.io import atomic_folder, write_text
 
 
 def staging_folder(folder: Path) -> Path:
@@ -86,7 +86,7 @@ def _merge(store: ActivationStore, staging: Path, folder: Path, world_size: int)
         }
     )
     merged = ActivationStore(None, None, None, store.tokens_CT, info)
-    with writing_cache(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         for shard in shards:
             os.replace(staging / shard["file"], tmp / shard["file"])
         merged.write_manifest(tmp, shards)
