@@ -72,6 +72,12 @@ def test_flag_configs_give_the_readme_settings():
     steer = flag_namespace("steer", CONFIGS / "steer.toml")
     assert steer.seed == ("resid_post", 12, 0) and steer.saes == Path("runs/flow_b/saes")
     assert (steer.temperature, steer.top_p, steer.sample) == (1.27, 0.7, True)
+    parser, flag_parsers = build_parser()
+    argv = ["flow", "--set", "layers=12", "--set", "deactivation_layers=[12]"]
+    argv += ["--set", 'methods=["top5"]', "--set", "max_tokens=1000"]
+    one = apply_to_flags(parser, flag_parsers["flow"], argv, parser.parse_args(argv))
+    assert (one.layers, one.deactivation_layers, one.methods) == ([12], [12], "top5")
+    assert one.max_tokens == 1000
     quick = flag_namespace("quickstart", CONFIGS / "quickstart.toml")
     assert (quick.max_tokens, quick.width, quick.target_l0) == (150_000, 4608, 40.0)
 

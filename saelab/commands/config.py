@@ -145,14 +145,16 @@ def apply_to_flags(
     the flags' names (`--max-tokens` -> max_tokens); they become the flags' defaults of
     `sub`, so a flag on the command line still wins. Re-parses `argv` with them."""
     config = load_config(args.command, args.config, args.sets)
-    flags = [a.dest for a in sub._actions if a.option_strings and a.dest != "help"]
-    check_keys(args.command, config, [d for d in flags if d != "sets"])
-    sub.set_defaults(**{key: flag_text(value) for key, value in config.items()})
+    actions = {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help"}
+    check_keys(args.command, config, [dest for dest in actions if dest != "sets"])
+    sub.set_defaults(**{key: flag_text(actions[key], v) for key, v in config.items()})
     return parser.parse_args(argv)
 
 
-def flag_text(value):
-    """A TOML value as its flag would give it: lists become "8,9,10" (layer specs, methods)."""
+def flag_text(action: argparse.Action, value):
+    """A TOML value as its flag would give it, so the flag's `type` parses it as it parses
+    the command line: `layers = 12` -> "12", `layers = [8, 9]` -> "8,9", `methods =
+    ["top5", "top1_cosine"]` -> "top5,top1_cosine"."""
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
-    return value
+    return value if action.type is None else str(value)
