@@ -36,6 +36,7 @@ def write_sharded(
     shard_tokens: int,
 ) -> None:
     """Write this rank's `stores` (its share of the rows) and, on rank 0, the merged caches."""
+    _check_same_contexts(next(iter(stores.values())).tokens_CT)
     staging = {name: staging_folder(folder) for name, folder in folders.items()}
     if rank == 0:
         for path in staging.values():
@@ -90,6 +91,22 @@ def _merge(store: ActivationStore, staging: Path, folder: Path, world_size: int)
         for shard in shards:
             os.replace(staging / shard["file"], tmp / shard["file"])
         merged.write_manifest(tmp, shards)
+
+
+def _check_same_contexts(tokens_CT: torch.Tensor) -> None:
+    """Every rank must have packed the same contexts (same texts, max_tokens, ctx_len):
+    each harvests its share of them, so differing ones would make an inconsistent cache."""
+    weights = torch.arange(1, tokens_CT.numel() + 1).view_as(tokens_CT)
+    digest = [tokens_CT.numel(), int((tokens_CT.long() * weights).sum())]  # wraps: a hash
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    low, high = (torch.tensor(digest, device=device) for _ in range(2))
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise ValueError(
+            "the ranks of a distributed harvest packed different contexts: give every rank "
+            "the same texts, max_tokens and ctx_len (each harvests its own share of them)"
+        )
 
 
 def _all_succeeded(error: BaseException | None) -> None:

@@ -106,6 +106,27 @@ def test_distributed_harvest_needs_torchrun_and_a_cache(
         )
 
 
+def test_ranks_with_different_texts_are_refused(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(
+        textwrap.dedent(RANK_SCRIPT.format(hooks=HOOKS, kwargs=SHARDED)).replace(
+            "max_texts=400)", "max_texts=400)[int(__import__('os').environ['RANK']):]"
+        )
+    )
+    (tmp_path / "cache").mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(script), str(tmp_path / "cache"), str(tmp_path)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode != 0
+    assert run.stderr.count("the ranks of a distributed harvest packed different contexts") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "rank.py"]  # nothing written
+
+
 @pytest.mark.parametrize(
     ("dtype", "safetensors_dtype"),
     [("float16", "F16"), (torch.float16, "F16"), ("bfloat16", "BF16"), (torch.bfloat16, "BF16")],
