@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from saelab.cache import SINK_FACTOR, ActivationStore, StoreInfo
+from saelab.cache import ActivationStore
 from saelab.cache_format import (
     cache_dtype,
     check_free_space,
@@ -30,6 +30,7 @@ from saelab.cache_format import (
 from saelab.data import pack
 from saelab.interventions import read_hookpoints
 from saelab.io import atomic_folder
+from saelab.manifest import SINK_FACTOR, StoreInfo
 from saelab.models import Hookpoint, d_model, model_device, parse_hookpoint
 
 __all__ = ["SINK_FACTOR", "ActivationStore", "StoreInfo", "harvest", "keep_mask"]

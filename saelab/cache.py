@@ -5,13 +5,13 @@ contexts) and shards with `acts` `[n, D]` (float32, float16 or bfloat16), `conte
 `position` `[n]` int32. `save` writes a whole folder atomically (`io.atomic_folder`): a
 crash, a kill or a full disk leaves the previous cache, never half of a new one, and a
 read-only folder or a full disk is an `OSError` naming the cache folder. `load`
-checks the manifest against every shard header (`manifest.check_manifest`).
+checks the manifest against every shard header (`manifest.read_manifest`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,26 +26,8 @@ from saelab.cache_format import (
     mmap_tensor,
     rows_as_float32,
 )
-from saelab.io import atomic_folder, write_safetensors, write_text
-
-SINK_FACTOR = 10.0
-
-
-@dataclass
-class StoreInfo:
-    """What a store holds and how it was made; written as the cache manifest."""
-
-    model: str
-    hookpoint: str
-    d_in: int
-    n_tokens: int = 0
-    ctx_len: int = 0
-    n_contexts: int = 0
-    dropped_bos: int = 0
-    dropped_sinks: int = 0
-    sink_factor: float = SINK_FACTOR
-    dtype: str = "float32"  # of the stored activations; `get` returns float32 whatever it is
-    shards: list[dict] = field(default_factory=list)
+from saelab.io import SAFETENSORS_DTYPES, atomic_folder, write_safetensors, write_text
+from saelab.manifest import StoreInfo, read_manifest
 
 
 class ActivationStore:
@@ -182,11 +164,9 @@ class ActivationStore:
         Raises `CacheError` (a `ValueError`) naming the file and the problem when the
         manifest is corrupt or disagrees with the shards, `FileNotFoundError` without one.
         """
-        from saelab.manifest import read_manifest
-
         folder = Path(folder)
         info = read_manifest(folder)
-        stored = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[info.dtype]
+        stored = SAFETENSORS_DTYPES[CACHE_DTYPES[info.dtype]]
         shards, contexts, positions = [], [], []
         for shard in info.shards:
             path, n = folder / shard["file"], shard["n"]

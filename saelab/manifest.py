@@ -1,4 +1,5 @@
-"""Read and check an activation cache's `manifest.json` before any shard is opened.
+"""An activation cache's `manifest.json` (`StoreInfo`), read and checked before any shard is
+opened.
 
 Every field is type-checked and the shard list must tile rows `0..n_tokens` in order with
 plain file names inside the folder, so a corrupt, truncated or hand-edited manifest raises
@@ -9,11 +10,30 @@ The shard headers are then checked against it in `ActivationStore.load`.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from saelab.cache import StoreInfo
 from saelab.cache_format import CACHE_DTYPES, CacheError
+
+SINK_FACTOR = 10.0
+
+
+@dataclass
+class StoreInfo:
+    """What a store holds and how it was made; written as the cache manifest."""
+
+    model: str
+    hookpoint: str
+    d_in: int
+    n_tokens: int = 0
+    ctx_len: int = 0
+    n_contexts: int = 0
+    dropped_bos: int = 0
+    dropped_sinks: int = 0
+    sink_factor: float = SINK_FACTOR
+    dtype: str = "float32"  # of the stored activations; `get` returns float32 whatever it is
+    shards: list[dict] = field(default_factory=list)
+
 
 _INT_FIELDS = ("d_in", "n_tokens", "ctx_len", "n_contexts", "dropped_bos", "dropped_sinks")
 

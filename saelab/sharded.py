@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from saelab.cache import ActivationStore, StoreInfo
+from saelab.cache import ActivationStore
 from saelab.io import atomic_folder, write_text
+from saelab.manifest import StoreInfo
 
 
 def staging_folder(folder: Path) -> Path:
