@@ -6,7 +6,8 @@ scaling so that E||s x||^2 = d_in; `b_dec` initialised at the sample mean; decod
 kept unit-norm with the parallel gradient component removed before each step; dead
 latents tracked (no firing in the last `dead_tokens` tokens). Batch `i` of the stream is
 a pure function of (seed, i), so a run resumed from a checkpoint ends with the same
-weights, bit for bit, as one that was never interrupted.
+weights, bit for bit, as one that was never interrupted. Under torchrun,
+`distributed=True` splits every batch over the ranks (saelab/train/distributed.py).
 """
 
 from __future__ import annotations
