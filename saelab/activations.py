@@ -14,6 +14,7 @@ are the same as in one process.
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -128,8 +129,9 @@ def harvest(
 
             write_sharded(stores, folders, rank, world_size, shard_tokens)
         else:
-            for name, store in stores.items():
-                with atomic_folder(folders[name]) as tmp:
+            with ExitStack() as publish:  # every hookpoint written before any is swapped in
+                for name, store in stores.items():
+                    tmp = publish.enter_context(atomic_folder(folders[name]))
                     store.write_manifest(tmp, store.write_shards(tmp, 0, len(store), shard_tokens))
         stores = {n: ActivationStore.load(folders[n]) for n in names}
     return stores[names[0]] if single else stores

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,16 +65,19 @@ def write_sharded(
 
     if rank == 0:
         try:
-            for name, folder in folders.items():
-                _merge(stores[name], staging[name], folder, world_size)
-                shutil.rmtree(staging[name])
+            with ExitStack() as publish:  # every hookpoint merged before any is swapped in
+                for name, folder in folders.items():
+                    tmp = publish.enter_context(atomic_folder(folder))
+                    _merge(stores[name], staging[name], tmp, world_size)
+            for path in staging.values():
+                shutil.rmtree(path)
         except Exception as err:
             error = err
     _all_succeeded(error)
 
 
-def _merge(store: ActivationStore, staging: Path, folder: Path, world_size: int) -> None:
-    """Rank 0: the ranks' shards, in rank order, into one cache at `folder`."""
+def _merge(store: ActivationStore, staging: Path, tmp: Path, world_size: int) -> None:
+    """Rank 0: the ranks' shards, in rank order, into one cache in the empty folder `tmp`."""
     parts = [json.loads((staging / f"part_{r:03d}.json").read_text()) for r in range(world_size)]
     shards, offset = [], 0
     for part in parts:
@@ -88,10 +92,9 @@ def _merge(store: ActivationStore, staging: Path, folder: Path, world_size: int)
         }
     )
     merged = ActivationStore(None, None, None, store.tokens_CT, info)
-    with atomic_folder(folder) as tmp:
-        for shard in shards:
-            os.replace(staging / shard["file"], tmp / shard["file"])
-        merged.write_manifest(tmp, shards)
+    for shard in shards:
+        os.replace(staging / shard["file"], tmp / shard["file"])
+    merged.write_manifest(tmp, shards)
 
 
 def _check_same_contexts(tokens_CT: torch.Tensor) -> None:

@@ -20,11 +20,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import saelab
 from saelab.activations import ActivationStore
 from saelab.cache_format import CacheError, read_header
 
 WRITER = """
 import sys, torch
+import saelab
 from saelab.activations import ActivationStore
 acts = torch.randn(600_000, 64, generator=torch.Generator().manual_seed(1))
 ActivationStore.from_tensor(acts).save(sys.argv[1], shard_tokens=2_000)
@@ -121,6 +123,30 @@ def test_full_disk_is_a_clear_error_and_leaves_the_previous_cache(tmp_path, monk
     assert raised.value.errno == errno.ENOSPC and written[0] > 0
     _no_leftovers(tmp_path)
     assert torch.equal(_all_rows(folder), previous)
+
+
+def test_multi_hookpoint_cache_is_replaced_all_or_nothing(stories, medical_tokens, tmp_path):
+    """A full disk while writing the 2nd hookpoint leaves the 1st one's previous cache too:
+    the hookpoints of one harvest stay aligned (same tokens per row)."""
+    hooks = ["resid_post.1", "resid_post.2"]
+    old = saelab.harvest(stories, hooks, medical_tokens[:4], cache=tmp_path / "c", progress=False)
+    old_rows = {h: _all_rows(tmp_path / "c" / h) for h in hooks}
+    real_write = os.write
+
+    def full_at_second_hookpoint(fd, data):
+        if f".{hooks[1]}.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "write", full_at_second_hookpoint)
+        # named after the first hookpoint's folder: the error passes through its writer too
+        with pytest.raises(OSError, match=rf"cannot write {tmp_path / 'c'}/resid_post.1: no sp"):
+            saelab.harvest(stories, hooks, medical_tokens, cache=tmp_path / "c", progress=False)
+    for hook in hooks:
+        assert torch.equal(_all_rows(tmp_path / "c" / hook), old_rows[hook])
+        assert len(old[hook]) < 4 * 64
+        _no_leftovers(tmp_path / "c")
 
 
 @pytest.fixture(scope="module")
