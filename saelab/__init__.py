@@ -7,7 +7,7 @@ plotly) load when first touched, e.g. `saelab.compare_domains`.
 from saelab.activations import ActivationStore, harvest
 from saelab.data import load_corpus, load_prompts, pack
 from saelab.models import hookpoint_names, load_model
-from saelab.sae import SAE_KINDS, ResidualSAE, load_sae, make_sae
+from saelab.sae import SAE_KINDS, ResidualSAE, SAEFileError, load_sae, make_sae
 from saelab.train import train_residual, train_sae
 from saelab.version import __version__
 
@@ -17,6 +17,7 @@ __all__ = [
     "SAE_KINDS",
     "ActivationStore",
     "ResidualSAE",
+    "SAEFileError",
     "__version__",
     "compare_domains",
     "evaluate",

@@ -94,7 +94,7 @@ def test_writers_are_atomic(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(interop.sae_lens.json, "dumps", disk_full)
+    monkeypatch.setattr(interop.sae_lens, "write_json", disk_full)  # after the weights
     with pytest.raises(OSError, match="No space left"):
         interop.save_sae_lens(perturbed("topk"), tmp_path / "lens")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -73,9 +73,12 @@ def hf_module_name(hookpoint: str) -> str:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(obj).__name__}")
+    return obj
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

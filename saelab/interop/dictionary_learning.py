@@ -17,7 +17,6 @@ saelab's batchtopk at θ = 0.
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from saelab.interop.common import (
     saelab_hookpoint,
     split_hookpoint,
 )
-from saelab.io import atomic_file, atomic_folder
+from saelab.io import atomic_file, atomic_folder, write_json
 from saelab.sae.base import SAE
 
 WEIGHTS_FILE = "ae.pt"
@@ -180,5 +179,5 @@ def save_dictionary_learning(sae: SAE, folder: str | Path) -> Path:
     with atomic_folder(folder) as tmp:
         with atomic_file(tmp / WEIGHTS_FILE) as weights_tmp:
             torch.save({k: v.contiguous().clone() for k, v in state.items()}, weights_tmp)
-        (tmp / CFG_FILE).write_text(json.dumps({"trainer": trainer}, indent=2))
+        write_json(tmp / CFG_FILE, {"trainer": trainer})
     return Path(folder)

@@ -13,11 +13,9 @@ unknown metadata keys), so saelab -> SAELens -> saelab is bit for bit.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from saelab.interop.common import (
     build_sae,
@@ -31,7 +29,7 @@ from saelab.interop.common import (
     saelab_hookpoint,
     transformer_lens_hook,
 )
-from saelab.io import atomic_folder
+from saelab.io import atomic_folder, write_json, write_safetensors
 from saelab.sae.base import SAE
 
 CFG_FILE = "cfg.json"
@@ -182,6 +180,6 @@ def save_sae_lens(sae: SAE, folder: str | Path) -> Path:
     if sae.kind == "batchtopk":
         cfg["k"] = sae.cfg.k  # dropped by SAELens, read back by saelab
     with atomic_folder(folder) as tmp:
-        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, tmp / WEIGHTS_FILE)
-        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2))
+        write_safetensors(tmp / WEIGHTS_FILE, tensors)
+        write_json(tmp / CFG_FILE, cfg)
     return Path(folder)

@@ -8,11 +8,9 @@ folder name is the hookpoint (`layers.12`, `layers.12.mlp`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from saelab.interop.common import (
     build_sae,
@@ -24,7 +22,7 @@ from saelab.interop.common import (
     read_safetensors,
     saelab_hookpoint,
 )
-from saelab.io import atomic_folder
+from saelab.io import atomic_folder, write_json, write_safetensors
 from saelab.sae.base import SAE
 
 CFG_FILE = "cfg.json"
@@ -105,6 +103,6 @@ def save_sparsify(sae: SAE, run_folder: str | Path) -> Path:
         "b_dec": sae.b_dec_D.detach().clone(),
     }
     with atomic_folder(folder) as tmp:
-        save_file(tensors, tmp / WEIGHTS_FILE)
-        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2))
+        write_safetensors(tmp / WEIGHTS_FILE, tensors)
+        write_json(tmp / CFG_FILE, cfg)
     return folder
