@@ -104,7 +104,7 @@ def harvest(
     stop = min((rank + 1) * n_batches // world_size * batch_size, len(tokens_CT))
     acts, ctx_N, pos_N, dropped_sinks = _read(
         model, parsed, tokens_CT, range(first, stop, batch_size), batch_size, sink_factor,
-        device, dtype, progress and rank == 0,
+        device, dtype, progress and rank == 0, f" (rank 0's share of {world_size})" * distributed,
     )  # fmt: skip
     model_name = getattr(model, "saelab_name", type(getattr(model, "_module", model)).__name__)
     stores = {}
@@ -137,14 +137,16 @@ def harvest(
     return stores[names[0]] if single else stores
 
 
-def _read(model, parsed, tokens_CT, starts, batch_size, sink_factor, device, dtype, progress):
+def _read(
+    model, parsed, tokens_CT, starts, batch_size, sink_factor, device, dtype, progress, share
+):
     """Activations of the batches at `starts`: `{name: [N, D]}`, context_N, position_N and
-    the number of sink positions dropped."""
+    the number of sink positions dropped. `share` ends the progress bar's label."""
     chunks = {str(h): [] for h in parsed}
     contexts, positions, dropped_sinks = [], [], 0
-    n_tokens = len(starts) * batch_size * tokens_CT.shape[1]
-    label = f"harvest {', '.join(chunks)}"
-    bar = tqdm(total=n_tokens, desc=label, unit="tok", disable=not progress)
+    n_contexts = sum(len(tokens_CT[start : start + batch_size]) for start in starts)
+    label = f"harvest {', '.join(chunks)}{share}"
+    bar = tqdm(total=n_contexts * tokens_CT.shape[1], desc=label, unit="tok", disable=not progress)
     for start in starts:
         ids_BT = tokens_CT[start : start + batch_size].to(device)
         acts = [a.float().cpu() for a in read_hookpoints(model, parsed, ids_BT)]

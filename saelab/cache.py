@@ -130,6 +130,8 @@ class ActivationStore:
 
     def write_shards(self, folder: Path, start: int, stop: int, shard_tokens: int, prefix=""):
         """Write rows `start:stop` as shards `{prefix}shard_#####` into `folder`; their list."""
+        if shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be a positive number of rows, got {shard_tokens}")
         shards = []
         for k, begin in enumerate(range(start, stop, shard_tokens)):
             idx = torch.arange(begin, min(begin + shard_tokens, stop))
