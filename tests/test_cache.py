@@ -19,8 +19,8 @@ from saelab.metrics.reconstruction import reconstruction_metrics
 from saelab.sharded import staging_folder
 
 HOOKS = ["resid_post.1", "mlp_out.2"]
-# 30 contexts of 64 tokens in batches of 4: 8 batches, the last one short, split 4 + 4
-SHARDED = {"max_tokens": 30 * 64, "ctx_len": 64, "batch_size": 4, "sink_factor": 1.5}
+# 26 contexts of 64 tokens in batches of 4: 7 batches, the last one short, split 3 + 4
+SHARDED = {"max_tokens": 26 * 64, "ctx_len": 64, "batch_size": 4, "sink_factor": 1.5}
 
 RANK_SCRIPT = """
 import sys, torch, saelab
@@ -74,11 +74,13 @@ def test_sharded_harvest_over_two_ranks_equals_one_process(stories, medical_text
         assert torch.equal(store.get(torch.arange(len(store))), ref.acts_ND)
         assert torch.equal(store.tokens_CT, ref.tokens_CT)
         assert store.info.dropped_sinks == ref.info.dropped_sinks > 0  # sinks: per-batch median
-        assert store.info.dropped_bos == 30
+        assert store.info.dropped_bos == 26
         files = [
             s["file"] for s in json.loads((cache / name / "manifest.json").read_text())["shards"]
         ]
         assert {f[:7] for f in files} == {"rank000", "rank001"}  # both ranks wrote rows
+        rank1_from = next(s["start"] for s in store.info.shards if s["file"][:7] == "rank001")
+        assert store.context_N[rank1_from] == 12 > store.context_N[rank1_from - 1]  # 3 batches
         assert sorted(p.name for p in (cache / name).iterdir()) == sorted(
             [*files, "manifest.json", "tokens.safetensors"]
         )
