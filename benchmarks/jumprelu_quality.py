@@ -63,6 +63,8 @@ OPTION_SETS = {
     # competition while θ settles): 0.95 on the synthetic dictionary, as TopK
     "centered,cap1": {**CENTERED, "topk_cap": 1.0},
     "centered,cap1.5": {**CENTERED, "topk_cap": 1.5},
+    "centered,cap1,lr20": {**CENTERED, "topk_cap": 1.0, "threshold_lr_scale": 20.0},
+    "centered,cap1.25,lr20": {**CENTERED, "topk_cap": 1.25, "threshold_lr_scale": 20.0},
     "centered+pre_act": {**CENTERED, "pre_act_loss_coef": 1.0},
     "centered+auxk": {**CENTERED, "aux_coef": 0.25},
 }
