@@ -54,8 +54,8 @@ for name, args in runs.items():
 
     try:
         sae = train_sae(store, distributed=True, progress=False, log_every=1, callback=die, **args)
-    except ValueError as err:
-        (out / f"{name}.rank{rank}.txt").write_text(str(err))
+    except (ValueError, OSError, RuntimeError) as err:
+        (out / f"{name}.rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
         continue
     saved = {"state": sae.state_dict(), "history": sae.history, "main": is_main_process()}
     torch.save(saved, out / f"{name}.rank{rank}.pt")
@@ -84,10 +84,15 @@ def launch(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     store_dir = folder / "store"
     sparse_dictionary_store(n_features=64, n=4096)[0].save(store_dir)
+    (folder / "blocker").write_text("not a folder")
     runs = {
         "topk": ddp_args("topk", checkpoint_dir=str(folder / "ddp_topk")),
         "jumprelu": ddp_args("jumprelu"),
         "odd_batch": ddp_args("topk", batch_size=129),
+        # rank 0 cannot write its first checkpoint (a file stands where its folder goes)
+        "unwritable": ddp_args(
+            "topk", checkpoint_dir=str(folder / "blocker" / "run"), checkpoint_every=10
+        ),
         "killed": ddp_args(
             "topk",
             checkpoint_dir=str(folder / "run"),
@@ -144,6 +149,17 @@ def test_a_batch_the_ranks_cannot_split_is_a_clear_error(launch):
     for rank in (0, 1):  # every rank raises, none is left waiting in a collective
         message = (folder / "out" / f"odd_batch.rank{rank}.txt").read_text()
         assert "batch_size=129" in message and "2 ranks" in message
+
+
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank(launch):
+    """Rank 0's error reaches the other rank (which would otherwise wait at the barrier until
+    the launch's timeout) and the launch goes on to the next run."""
+    out = launch[0] / "out"
+    assert "blocker" in (out / "unwritable.rank0.txt").read_text()
+    rank1 = (out / "unwritable.rank1.txt").read_text()
+    assert rank1 == "RuntimeError: rank 0 could not write the checkpoint (see its error)"
+    # and both ranks went on together: the killed run after it reached its step-20 checkpoint
+    assert (launch[0] / "run" / "checkpoint" / "trainer.pt").exists()
 
 
 def test_a_killed_two_rank_run_resumes_to_the_one_process_weights(launch, one_process):

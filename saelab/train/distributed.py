@@ -173,7 +173,14 @@ class Ranks:
         means = (values / self.world_size).tolist()
         return {**log, **dict(zip(keys, means, strict=True))}
 
-    def barrier(self) -> None:
-        """Wait for every rank (after rank 0 writes, so no rank races past a checkpoint)."""
+    def barrier(self, error: BaseException | None = None) -> None:
+        """Wait for every rank (after rank 0 writes, so no rank races past a checkpoint), and
+        tell every rank whether `error` happened on any: raised there, a RuntimeError on the
+        others, instead of the others waiting at the barrier forever."""
         if self.distributed:
-            dist.barrier()
+            failed = torch.tensor([error is not None], dtype=torch.int32, device=self.device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if error is None and failed.item():
+                raise RuntimeError("rank 0 could not write the checkpoint (see its error)")
+        if error is not None:
+            raise error

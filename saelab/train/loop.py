@@ -12,6 +12,7 @@ weights, bit for bit, as one that was never interrupted. Under torchrun,
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab.activations import ActivationStore
-from saelab.io import atomic_folder
+from saelab.io import atomic_folder, write_bytes
 from saelab.sae import SAE, TrainContext, load_sae, make_sae, sae_class
 from saelab.train.distributed import Ranks
 
@@ -84,7 +85,9 @@ def _save_checkpoint(folder: Path, sae: SAE, trainer_state: dict) -> None:
     """SAE folder + trainer state (optimiser, step, scale, dead counters) written atomically."""
     with atomic_folder(folder) as tmp:
         sae.save(tmp / "sae")
-        torch.save(trainer_state, tmp / "trainer.pt")
+        buffer = io.BytesIO()  # through saelab.io, so a full disk is a clear error
+        torch.save(trainer_state, buffer)
+        write_bytes(tmp / "trainer.pt", buffer.getbuffer())
 
 
 def _resume_or_start(
@@ -216,19 +219,15 @@ def train_sae(
     model = ranks.wrap(sae)  # `training_loss`, or under DDP the module whose hooks reduce
 
     def checkpoint(step: int) -> None:
+        error = None
         if ranks.is_main:
-            _save_checkpoint(
-                ckpt,
-                sae,
-                {
-                    **state,
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "since_fired_F": since_fired_F.cpu(),
-                    "history": history,
-                },
-            )
-        ranks.barrier()
+            try:
+                _save_checkpoint(ckpt, sae, {**state, "step": step, "history": history,
+                                             "optimizer": optimizer.state_dict(),
+                                             "since_fired_F": since_fired_F.cpu()})  # fmt: skip
+            except Exception as err:  # every rank hears of it (no rank waits forever)
+                error = err
+        ranks.barrier(error)
 
     bar = tqdm(
         total=n_steps,
