@@ -145,7 +145,8 @@ def test_no_dense_encoder():
 
 
 def test_training_reconstructs_a_sparse_dictionary():
-    # Measured (seeds 0-2, 300k tokens): FVU 0.32-0.33, mean best cosine 0.85-0.86; at init FVU > 1.
+    # Measured (seeds 0-2, 300k tokens, the random decoder init): FVU 0.32-0.33, mean best
+    # cosine 0.85-0.86. The decoder from the encoder (the default) starts at FVU ~0.7.
     store, D_FD = sparse_dictionary_store()
     threads = torch.get_num_threads()
     torch.set_num_threads(
@@ -170,7 +171,7 @@ def test_training_reconstructs_a_sparse_dictionary():
     x = store.acts_ND[:2000]
     fvu = (sae(x).x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert fvu < 0.45
-    assert sae.history[0]["fvu"] > 1
+    assert sae.history[0]["fvu"] > 1.5 * fvu  # training, not the init, reconstructs
     assert (
         mean_best_cosine(sae.W_dec_FD.detach(), D_FD) > 0.7
     )  # 128 random directions in 32 dims: ~0.5
@@ -219,13 +220,14 @@ def test_training_loss_matches_topk_path_through_all_mand_values(with_dead):
 
 
 def test_encoder_decoder_init_points_each_row_along_its_two_factors():
-    sae = make_sae("kron", D, F, seed=1, heads=H, m=M, n=N, k=K, decoder_init="encoder")
+    sae = make_sae("kron", D, F, seed=1, heads=H, m=M, n=N, k=K)  # the default
     P, Q, W = sae.W_P_DHM.detach(), sae.W_Q_DHN.detach(), sae.W_dec_FD.detach()
     for latent in range(F):
         g, i, j = (int(t) for t in latent_to_hmn(latent, M, N))
         direction = P[:, g * M + i] + Q[:, g * N + j]
         torch.testing.assert_close(W[latent], direction / direction.norm(), rtol=0, atol=1e-6)
-    random_init = make_sae("kron", D, F, seed=1, heads=H, m=M, n=N, k=K).W_dec_FD.detach()
+    random_init = make_sae("kron", D, F, seed=1, heads=H, m=M, n=N, k=K, decoder_init="random")
+    random_init = random_init.W_dec_FD.detach()
     assert not torch.allclose(random_init, W, atol=0.1)
     with pytest.raises(ValueError, match="decoder_init"):
         make_sae("kron", D, F, heads=H, m=M, n=N, k=K, decoder_init="tied")

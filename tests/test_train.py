@@ -11,7 +11,7 @@ from synthetic import mean_best_cosine, sparse_dictionary_store
 
 import saelab
 from saelab.train import NonFiniteError, train_sae
-from saelab.train.loop import batch_indices
+from saelab.train.schedule import batch_indices
 
 
 @pytest.mark.parametrize(
@@ -182,3 +182,24 @@ def test_batchtopk_inference_l0_is_k():
     )  # fmt: skip
     l0 = (sae(store.acts_ND[40_000:]).f > 0).sum(-1).float().mean().item()
     assert abs(l0 / 4 - 1) < 0.05
+
+
+def test_default_learning_rate_boosts_short_runs_only():
+    from saelab.train.schedule import default_learning_rate
+
+    sparsify = 2e-4 / (4608 / 16384) ** 0.5
+    assert default_learning_rate(4608, 290) == pytest.approx(3e-3)  # 8x: 3.02e-3, capped
+    assert default_learning_rate(4608, 1160) == pytest.approx(4 * sparsify)  # √(18560 / 1160)
+    assert default_learning_rate(4608, 50_000) == pytest.approx(sparsify)  # long runs: sparsify
+    assert default_learning_rate(18432, 290) == pytest.approx(8 * sparsify / 2)  # 8x at most
+    assert default_learning_rate(18432, 20) == pytest.approx(8 * sparsify / 2)
+    assert default_learning_rate(128, 20) == pytest.approx(3e-3)  # 2.3e-3 sparsify, capped
+    assert default_learning_rate(64, 50_000) == pytest.approx(2e-4 * 16)  # never below sparsify
+    store, _ = sparse_dictionary_store(n=2560)
+    sae = train_sae(store, "topk", width=64, k=4, progress=False)  # 5 steps of 512
+    assert sae.cfg.training["lr"] is None
+    assert sae.cfg.training["learning_rate"] == pytest.approx(default_learning_rate(64, 5))
+    sae = train_sae(store, "topk", width=64, k=4, lr="sparsify", progress=False)
+    assert sae.cfg.training["learning_rate"] == pytest.approx(2e-4 * 16)
+    with pytest.raises(ValueError, match="'sparsify'"):
+        train_sae(store, "topk", width=64, k=4, lr="fast", progress=False)

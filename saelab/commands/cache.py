@@ -59,4 +59,5 @@ def run(args) -> int:
         for name, store in (stores if isinstance(stores, dict) else {"": stores}).items():
             print(f"[saelab] {name + ': ' if name else ''}{store}")
         print(f"[saelab] cache: {out}")
+    pipeline.leave_process_group()
     return 0

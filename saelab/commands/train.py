@@ -101,9 +101,9 @@ def run(args) -> int:
             fail("train", "[harvest] hookpoints names one hookpoint for train (a string)")
     with pipeline.api_errors("train"):
         sae = saelab.train_sae(**options)
-    if not pipeline.is_main_rank():
-        return 0
-    write_outputs(sae, out)
+    if pipeline.is_main_rank():
+        write_outputs(sae, out)
+    pipeline.leave_process_group()
     return 0
 
 

@@ -37,10 +37,12 @@ class KronConfig(TopKConfig):
     heads: int | None = None
     m: int | None = None
     n: int | None = None
-    # "random": unit-norm Gaussian decoder rows, unrelated to the encoder. "encoder": row
-    # (g, i, j) starts as (p_i + q_j) normalised, a direction in which both u_i and v_j grow
-    # (the steepest for mAND when |p_i| = |q_j|): KronSAE's analogue of TopK's tied init.
-    decoder_init: str = "random"
+    # "encoder": row (g, i, j) starts as (p_i + q_j) normalised, a direction in which both u_i
+    # and v_j grow (the steepest for mAND when |p_i| = |q_j|): KronSAE's analogue of TopK's
+    # tied init. "random": unit-norm Gaussian rows, unrelated to the encoder. Measured (SmolLM2
+    # resid_post.15, width 4608, k 32, 149k tokens): EV 0.653 vs 0.554 at the sparsify lr,
+    # 0.779 vs 0.773 at 8x it, where random rows leave 5.3% of latents dead (0.02%).
+    decoder_init: str = "encoder"
 
     def __post_init__(self):
         super().__post_init__()

@@ -13,9 +13,8 @@ weights, bit for bit, as one that was never interrupted. Under torchrun,
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,60 +24,13 @@ from saelab.activations import ActivationStore
 from saelab.io import atomic_folder, write_bytes
 from saelab.sae import SAE, TrainContext, load_sae, make_sae, sae_class
 from saelab.train.distributed import Ranks
+from saelab.train.schedule import TrainConfig, batch_indices, estimate_input_scale, lr_factor
 
 CHECKPOINT = "checkpoint"
 
 
 class NonFiniteError(FloatingPointError):
     """Training met NaN or inf; the message names the step and the last good checkpoint."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides the trained weights (recorded in the SAE's cfg.json)."""
-
-    kind: str = "topk"
-    width: int = 4608
-    max_tokens: int | None = None  # None: one pass over the store
-    batch_size: int = 512
-    lr: float | None = None  # None: 2e-4 / sqrt(width / 16384), the sparsify scaling
-    warmup_steps: int = 50
-    decay_frac: float = 0.2
-    dead_tokens: int = 50_000
-    scale_sample: int = 20_000  # tokens used to estimate the input scale and b_dec
-    seed: int = 0
-    options: dict = field(default_factory=dict)  # the kind's config fields (k, target_l0, ...)
-
-    def n_steps(self, n_available: int) -> int:
-        return max(1, (self.max_tokens or n_available) // self.batch_size)
-
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.width / 16384)
-
-
-def batch_indices(step: int, n_tokens: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Token indices of batch `step`: epoch e is a fresh permutation seeded by (seed, e)."""
-    per_epoch = max(1, n_tokens // batch_size)
-    epoch, j = divmod(step, per_epoch)
-    perm = torch.randperm(
-        n_tokens, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    )
-    return perm[j * batch_size : (j + 1) * batch_size].sort().values
-
-
-def lr_factor(step: int, n_steps: int, warmup_steps: int, decay_frac: float) -> float:
-    """Linear warm-up from 0, flat, then linear decay to 0 over the last `decay_frac` of steps."""
-    warm = min(1.0, (step + 1) / max(1, warmup_steps))
-    decay_start = int(n_steps * (1 - decay_frac))
-    decay = (
-        1.0 if step < decay_start else max(0.0, (n_steps - step) / max(1, n_steps - decay_start))
-    )
-    return warm * decay
-
-
-def estimate_input_scale(sample_ND: torch.Tensor) -> float:
-    """s with E||s x||^2 = d_in."""
-    return math.sqrt(sample_ND.shape[1] / sample_ND.double().pow(2).sum(1).mean().item())
 
 
 def _save_checkpoint(folder: Path, sae: SAE, trainer_state: dict) -> None:
@@ -139,7 +91,7 @@ def train_sae(
     width: int = 4608,
     max_tokens: int | None = None,
     batch_size: int | None = None,
-    lr: float | None = None,
+    lr: float | str | None = None,
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 200,
@@ -157,9 +109,9 @@ def train_sae(
 
     `max_tokens` caps the training tokens (None: one pass over the store). `batch_size` and
     `lr` left as None take the kind's `training_defaults` (JumpReLU: 256 and 1e-3), else
-    512 and `TrainConfig.learning_rate`'s width scaling; so do options not given (JumpReLU:
-    `center_input=True`). With `checkpoint_dir`, a checkpoint
-    is written every `checkpoint_every` steps and an existing one is resumed from.
+    512 and `schedule.default_learning_rate` (from the width and the step count); so do
+    options not given (JumpReLU: centred, constant θ, `topk_cap`). With `checkpoint_dir`, a
+    checkpoint is written every `checkpoint_every` steps and an existing one is resumed from.
     `callback(log)` gets each logged dict (step, tokens, loss, mse, fvu, l0, dead_fraction,
     lr). Returns the SAE with the input scale folded in, in the activations' own units;
     `sae.history` holds the logged dicts.
@@ -213,7 +165,7 @@ def train_sae(
         {"params": [p], "lr_scale": sae.lr_scale.get(name, 1.0)}
         for name, p in sae.named_parameters()
     ]
-    optimizer = torch.optim.Adam(groups, lr=cfg.learning_rate(), betas=sae.adam_betas)
+    optimizer = torch.optim.Adam(groups, lr=cfg.learning_rate(n_steps), betas=sae.adam_betas)
     if state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     model = ranks.wrap(sae)  # `training_loss`, or under DDP the module whose hooks reduce
@@ -242,7 +194,7 @@ def train_sae(
         for group in optimizer.param_groups:
             group["lr"] = (
                 group["lr_scale"]
-                * cfg.learning_rate()
+                * cfg.learning_rate(n_steps)
                 * lr_factor(step, n_steps, cfg.warmup_steps, cfg.decay_frac)
             )
         out = model(x_BD, TrainContext(step, n_steps, since_fired_F > cfg.dead_tokens))
@@ -291,6 +243,11 @@ def train_sae(
         checkpoint(n_steps)  # a finished run: calling again with this folder returns the same SAE
 
     sae.fold_input_scale(scale)
-    sae.cfg.training = {**asdict(cfg), "n_steps": n_steps, "store_tokens": len(store)}
+    sae.cfg.training = {
+        **asdict(cfg),
+        "n_steps": n_steps,
+        "store_tokens": len(store),
+        "learning_rate": cfg.learning_rate(n_steps),  # what lr=None came to
+    }
     sae.history = history
     return sae
