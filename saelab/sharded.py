@@ -114,11 +114,8 @@ def _check_same_contexts(tokens_CT: torch.Tensor) -> None:
 
 
 def _all_succeeded(error: BaseException | None) -> None:
-    """A barrier that also tells every rank whether any rank failed; raises if one did."""
+    """Every rank learns whether any rank's part of the harvest failed."""
+    from saelab.train.distributed import all_ranks_succeeded  # saelab.train imports the cache
+
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-    if error is not None:
-        raise error
-    if failed.item():
-        raise RuntimeError("another rank of the sharded harvest failed (see its error)")
+    all_ranks_succeeded(error, device, "another rank of the sharded harvest failed")

@@ -175,12 +175,20 @@ class Ranks:
 
     def barrier(self, error: BaseException | None = None) -> None:
         """Wait for every rank (after rank 0 writes, so no rank races past a checkpoint), and
-        tell every rank whether `error` happened on any: raised there, a RuntimeError on the
-        others, instead of the others waiting at the barrier forever."""
+        raise `error` there and a RuntimeError on the others if it happened."""
         if self.distributed:
-            failed = torch.tensor([error is not None], dtype=torch.int32, device=self.device)
-            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-            if error is None and failed.item():
-                raise RuntimeError("rank 0 could not write the checkpoint (see its error)")
-        if error is not None:
+            all_ranks_succeeded(error, self.device, "rank 0 could not write the checkpoint")
+        elif error is not None:
             raise error
+
+
+def all_ranks_succeeded(error: BaseException | None, device, failure: str) -> None:
+    """A barrier that tells every rank whether any failed: `error` is raised where it
+    happened, RuntimeError(`failure`) on the others, instead of them waiting forever in the
+    next collective."""
+    failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError(f"{failure} (see its error)")
