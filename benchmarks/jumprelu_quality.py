@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+from quality import held_out
 
-from saelab.sae import fires
 from saelab.train import train_sae
 
 # Option sets: "old_default" is saelab's JumpReLU before issue 14 (every field spelled
@@ -34,12 +34,14 @@ OLD_DEFAULT = {
     "threshold_init_rule": "quantile",
     "threshold_init": 0.001,
     "threshold_lr_scale": 20.0,
+    "topk_cap": None,
 }
 CENTERED = {
     "center_input": True,
     "threshold_init_rule": "constant",
     "threshold_init": 0.1,
     "threshold_lr_scale": 5.0,
+    "topk_cap": None,
 }
 OPTION_SETS = {
     "old_default": OLD_DEFAULT,
@@ -70,31 +72,6 @@ OPTION_SETS = {
 }
 
 
-def held_out_row(sae, x_ND: torch.Tensor, batch: int = 4096) -> dict:
-    """EV, L0, dead fractions (all tokens; first 8,192) and >10% firing fraction on `x_ND`."""
-    count_F = torch.zeros(sae.cfg.width)
-    count8k_F = torch.zeros(sae.cfg.width)
-    sq_err, l0 = 0.0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(x_ND), batch):
-            x = x_ND[start : start + batch]
-            out = sae(x)
-            fired = fires(out.f)
-            count_F += fired.sum(0)
-            if start < 8192:
-                count8k_F += fired[: 8192 - start].sum(0)
-            sq_err += (out.x_hat - x).pow(2).sum().item()
-            l0 += fired.sum().item()
-    variance = (x_ND - x_ND.mean(0)).pow(2).sum().item()
-    return {
-        "ev": 1 - sq_err / variance,
-        "l0": l0 / len(x_ND),
-        "dead": (count_F == 0).float().mean().item(),
-        "dead_8k": (count8k_F == 0).float().mean().item(),
-        "dense_10pct": (count_F > 0.1 * len(x_ND)).float().mean().item(),
-    }
-
-
 def synthetic(names: list[str], seeds: list[int]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from synthetic import mean_best_cosine, sparse_dictionary_store
@@ -111,7 +88,7 @@ def synthetic(names: list[str], seeds: list[int]) -> None:
                 store, kind, width=128, max_tokens=400_000, batch_size=256, lr=3e-3,
                 seed=seed, progress=False, **options,
             )  # fmt: skip
-            row = held_out_row(sae, x_ND)
+            row = held_out(sae, x_ND)
             cos = mean_best_cosine(sae.W_dec_FD.detach(), D_FD)
             print(
                 f"| {name} | {seed} | {cos:.3f} | {1 - row['ev']:.3f} | {row['l0']:.2f} "
@@ -149,10 +126,10 @@ def real(args, names: list[str]) -> None:
                 store, "jumprelu", width=args.width, target_l0=args.target_l0, seed=seed,
                 progress=False, **OPTION_SETS[name],
             )  # fmt: skip
-            row = held_out_row(sae, x_ND)
+            row = held_out(sae, x_ND)
             k = max(1, round(row["l0"]))
             topk = train_sae(store, "topk", width=args.width, k=k, seed=seed, progress=False)
-            top = held_out_row(topk, x_ND)
+            top = held_out(topk, x_ND)
             print(
                 f"| {name} | {seed} | {row['ev']:.3f} | {row['l0']:.1f} | {row['dead']:.3f} "
                 f"| {row['dead_8k']:.3f} | {row['dense_10pct']:.4f} | {k} | {top['ev']:.3f} "
@@ -177,7 +154,7 @@ def batchtopk_threshold(args) -> None:
                 store, "batchtopk", width=args.width, k=args.k, seed=seed, progress=False,
                 threshold_average_last=last,
             )  # fmt: skip
-            row = held_out_row(sae, x_ND)
+            row = held_out(sae, x_ND)
             print(
                 f"| last {last:.0%} of steps | {args.k} | {seed} | {row['l0']:.1f} "
                 f"| {row['l0'] / args.k:.2f} | {row['ev']:.3f} |",

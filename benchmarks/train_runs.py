@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from jumprelu_quality import held_out_row
-from quality import train_flops_per_token
+from quality import held_out, train_flops_per_token
 
 from saelab.activations import ActivationStore
 from saelab.train import train_sae
@@ -56,7 +55,7 @@ def run(spec: dict, store, x_ND) -> dict:
     wall = time.time() - started
     if ks is not None:
         return {**spec, "fvu": {k: round(fvu_at(sae, x_ND, k), 4) for k in ks}}
-    row = held_out_row(sae, x_ND)
+    row = held_out(sae, x_ND)
     tokens = sae.cfg.training["n_steps"] * sae.cfg.training["batch_size"]
     k = getattr(sae.cfg, "k", None) or round(row["l0"])
     return {
