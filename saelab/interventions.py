@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -255,3 +256,21 @@ def scale_direction(
         return h + (r - 1) * (h @ d).unsqueeze(-1) * d
 
     return Edit(parse_hookpoint(model, hookpoint), fn, positions)
+
+
+@functools.cache
+def language_model_class():
+    """nnsight's `LanguageModel` with a model-wide default for `remote=`: every trace and
+    generate saelab opens (saelab/interventions.py) goes through `trace`, so setting
+    `saelab_remote` once routes them all to NDIF (True, or a host URL) or through nnsight's
+    in-process serialise/deserialise dry run ("local")."""
+    from nnsight import LanguageModel
+
+    class SaelabLanguageModel(LanguageModel):
+        saelab_remote: bool | str = False
+
+        def trace(self, *inputs, remote=None, **kwargs):
+            remote = self.saelab_remote if remote is None else remote
+            return super().trace(*inputs, remote=remote, **kwargs)
+
+    return SaelabLanguageModel

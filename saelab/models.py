@@ -7,7 +7,6 @@ family (`model.layers`) and GPT-2 style models (`transformer.h`).
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import warnings
@@ -221,24 +220,6 @@ def resolve_model_folder(name: str) -> Path | None:
     return None
 
 
-@functools.cache
-def language_model_class():
-    """nnsight's `LanguageModel` with a model-wide default for `remote=`: every trace and
-    generate saelab opens (saelab/interventions.py) goes through `trace`, so setting
-    `saelab_remote` once routes them all to NDIF (True, or a host URL) or through nnsight's
-    in-process serialise/deserialise dry run ("local")."""
-    from nnsight import LanguageModel
-
-    class SaelabLanguageModel(LanguageModel):
-        saelab_remote: bool | str = False
-
-        def trace(self, *inputs, remote=None, **kwargs):
-            remote = self.saelab_remote if remote is None else remote
-            return super().trace(*inputs, remote=remote, **kwargs)
-
-    return SaelabLanguageModel
-
-
 def load_model(
     name: str = SMOLLM2,
     device: str | torch.device | None = None,
@@ -267,6 +248,8 @@ def load_model(
 
 
 def _load_language_model(name: str, device, dtype: torch.dtype, remote: bool | str):
+    from saelab.interventions import language_model_class  # the module that opens traces
+
     cls = language_model_class()
     if remote and remote != "local":
         if name.lower() in KNOWN_MODELS or Path(name).expanduser().exists():

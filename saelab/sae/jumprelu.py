@@ -89,6 +89,10 @@ class JumpReLUConfig(SAEConfig):
             self.k_aux = self.d_in // 2
         if self.sparsity_loss not in ("step", "tanh"):
             raise ValueError(f"sparsity_loss must be 'step' or 'tanh', got {self.sparsity_loss!r}")
+        if not self.threshold_init > 0:  # θ is learnt as log θ
+            raise ValueError(f"threshold_init must be > 0, got {self.threshold_init}")
+        if self.topk_cap is not None and not self.topk_cap > 0:
+            raise ValueError(f"topk_cap must be > 0 or None, got {self.topk_cap}")
         if self.threshold_init_rule not in ("quantile", "constant"):
             raise ValueError(
                 "threshold_init_rule must be 'quantile' or 'constant', "
