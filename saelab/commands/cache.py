@@ -13,7 +13,7 @@ import argparse
 
 from saelab.commands import pipeline
 from saelab.commands.common import fail
-from saelab.commands.config import add_config_arguments, check_keys, load_config
+from saelab.commands.config import check_keys, load_config
 
 EXAMPLE = """example:
   saelab cache configs/tiny/cache.toml --set harvest.max_tokens=4096 --out runs/cache
@@ -32,17 +32,14 @@ EXAMPLE = """example:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    return pipeline.add_config_command(
+        sub,
         "cache",
-        help="harvest activations into a cache folder (saelab.harvest(cache=...))",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "harvest activations into a cache folder (saelab.harvest(cache=...))",
+        __doc__,
+        EXAMPLE,
+        run,
     )
-    add_config_arguments(p, required=True)
-    pipeline.add_run_arguments(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def run(args) -> int:

@@ -20,7 +20,6 @@ import saelab
 from saelab.commands import pipeline
 from saelab.commands.common import fail
 from saelab.commands.config import (
-    add_config_arguments,
     argument_names,
     check_keys,
     kind_options,
@@ -66,17 +65,14 @@ EXAMPLE = """example:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    return pipeline.add_config_command(
+        sub,
         "compare",
-        help="a README comparison: domains, residual, hierarchical or kron",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "a README comparison: domains, residual, hierarchical or kron",
+        __doc__,
+        EXAMPLE,
+        run,
     )
-    add_config_arguments(p, required=True)
-    pipeline.add_run_arguments(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def experiment_function(config: dict):

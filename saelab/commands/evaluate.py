@@ -16,7 +16,6 @@ import saelab
 from saelab.commands import pipeline
 from saelab.commands.common import fail
 from saelab.commands.config import (
-    add_config_arguments,
     argument_names,
     check_keys,
     load_config,
@@ -40,17 +39,14 @@ EXAMPLE = """example:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    return pipeline.add_config_command(
+        sub,
         "eval",
-        help="held-out metrics (FVU, L0, CE loss recovered, ...) of saved SAEs",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "held-out metrics (FVU, L0, CE loss recovered, ...) of saved SAEs",
+        __doc__,
+        EXAMPLE,
+        run,
     )
-    add_config_arguments(p, required=True)
-    pipeline.add_run_arguments(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def load_saes(config: dict, model) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import saelab
 from saelab.commands.common import fail
-from saelab.commands.config import argument_names, table
+from saelab.commands.config import add_config_arguments, argument_names, table
 
 
 @contextmanager
@@ -112,6 +112,23 @@ def output_folder(args, config: dict, default: str) -> Path:
     if not isinstance(out, str | Path):
         fail(args.command, f"out must be a folder path, not {out!r}")
     return Path(out)
+
+
+def add_config_command(sub, name: str, help_text: str, doc: str, example: str, run):
+    """The sub-command `name`: a required TOML config, `--set`, `--out`, `--device`; `run(args)`."""
+    import argparse
+
+    parser = sub.add_parser(
+        name,
+        help=help_text,
+        description=doc,
+        epilog=example,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser, required=True)
+    add_run_arguments(parser)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def add_run_arguments(parser) -> None:

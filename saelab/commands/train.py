@@ -18,7 +18,6 @@ import saelab
 from saelab.commands import pipeline
 from saelab.commands.common import fail
 from saelab.commands.config import (
-    add_config_arguments,
     argument_names,
     check_keys,
     kind_options,
@@ -48,17 +47,14 @@ EXAMPLE = """examples:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    return pipeline.add_config_command(
+        sub,
         "train",
-        help="train one SAE (saelab.harvest + saelab.train_sae); DDP under torchrun",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train one SAE (saelab.harvest + saelab.train_sae); DDP under torchrun",
+        __doc__,
+        EXAMPLE,
+        run,
     )
-    add_config_arguments(p, required=True)
-    pipeline.add_run_arguments(p)
-    p.set_defaults(run=run)
-    return p
 
 
 def train_options(config: dict, device: str | None) -> dict:
