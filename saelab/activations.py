@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from saelab.cache import ActivationStore
@@ -33,6 +34,7 @@ from saelab.interventions import read_hookpoints
 from saelab.io import atomic_folder
 from saelab.manifest import SINK_FACTOR, StoreInfo
 from saelab.models import Hookpoint, d_model, model_device, parse_hookpoint
+from saelab.process_group import join_process_group
 
 __all__ = ["SINK_FACTOR", "ActivationStore", "StoreInfo", "harvest", "keep_mask"]
 
@@ -187,9 +189,5 @@ def _announce_size(folder: Path, n_tokens: int, names, d: int, dtype, loud: bool
 
 def _join(device: torch.device) -> tuple[int, int]:
     """(rank, world size) of torchrun's process group, joined here when not yet joined."""
-    import torch.distributed as dist
-
-    from saelab.train.distributed import join_process_group
-
     join_process_group(device)
     return dist.get_rank(), dist.get_world_size()

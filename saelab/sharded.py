@@ -23,6 +23,7 @@ import torch.distributed as dist
 from saelab.cache import ActivationStore
 from saelab.io import atomic_folder, write_text
 from saelab.manifest import StoreInfo
+from saelab.process_group import all_ranks_succeeded
 
 
 def staging_folder(folder: Path) -> Path:
@@ -115,7 +116,5 @@ def _check_same_contexts(tokens_CT: torch.Tensor) -> None:
 
 def _all_succeeded(error: BaseException | None) -> None:
     """Every rank learns whether any rank's part of the harvest failed."""
-    from saelab.train.distributed import all_ranks_succeeded  # saelab.train imports the cache
-
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     all_ranks_succeeded(error, device, "another rank of the sharded harvest failed")

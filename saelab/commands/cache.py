@@ -14,6 +14,7 @@ import argparse
 from saelab.commands import pipeline
 from saelab.commands.common import fail
 from saelab.commands.config import check_keys, load_config
+from saelab.process_group import is_main_process, leave_process_group
 
 EXAMPLE = """example:
   saelab cache configs/tiny/cache.toml --set harvest.max_tokens=4096 --out runs/cache
@@ -52,9 +53,9 @@ def run(args) -> int:
         fail("cache", "[harvest] distributed is set by torchrun's WORLD_SIZE, not the config")
     model = pipeline.load_model("cache", config, args.device)
     stores = pipeline.harvest("cache", config, model, "train", **extra)
-    if pipeline.is_main_rank():
+    if is_main_process():
         for name, store in (stores if isinstance(stores, dict) else {"": stores}).items():
             print(f"[saelab] {name + ': ' if name else ''}{store}")
         print(f"[saelab] cache: {out}")
-    pipeline.leave_process_group()
+    leave_process_group()
     return 0

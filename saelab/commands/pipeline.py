@@ -28,21 +28,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def is_main_rank() -> bool:
-    """Rank 0 (or no torchrun): the process that writes outputs."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def leave_process_group() -> None:
-    """Under torchrun: every rank waits for rank 0's writes, then all leave the group together
-    (a rank that exits while another is still in the group can abort that one's gloo thread)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def model_options(command: str, config: dict, device: str | None) -> dict:
     """`[load_model]` with `--device` applied."""
     options = table(command, config, "load_model", argument_names(saelab.load_model))

@@ -24,6 +24,7 @@ from saelab.commands.config import (
     load_config,
     table,
 )
+from saelab.process_group import is_main_process, leave_process_group
 
 #: train_sae arguments the command fills: the Python callback and a TrainConfig object.
 FILLED = ("callback", "config", "distributed")
@@ -97,9 +98,9 @@ def run(args) -> int:
             fail("train", "[harvest] hookpoints names one hookpoint for train (a string)")
     with pipeline.api_errors("train"):
         sae = saelab.train_sae(**options)
-    if pipeline.is_main_rank():
+    if is_main_process():
         write_outputs(sae, out)
-    pipeline.leave_process_group()
+    leave_process_group()
     return 0
 
 

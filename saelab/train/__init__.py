@@ -1,6 +1,6 @@
 """Training: the one loop every kind goes through, checkpoints, residual training."""
 
-from saelab.train.distributed import is_main_process
+from saelab.process_group import is_main_process
 from saelab.train.loop import NonFiniteError, TrainConfig, train_sae
 from saelab.train.residual import ErrorStore, train_residual
 

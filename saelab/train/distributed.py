@@ -18,51 +18,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from saelab.models import default_device
+from saelab.process_group import all_ranks_succeeded, join_process_group, rank_device
 from saelab.sae import SAE, LossOutput, TrainContext
 
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LOGGED_AS_IS = ("step", "tokens", "lr")  # the same on every rank: not averaged
-
-
-def is_main_process() -> bool:
-    """True in a one-process run and on rank 0: the process that saves, prints and logs."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def rank_device(device: str | torch.device | None) -> torch.device:
-    """This rank's device: `cuda:LOCAL_RANK` when CUDA is asked for (or is there and nothing
-    was asked for) without an index, else `device` (CPU by default without CUDA)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
-def join_process_group(device: torch.device) -> None:
-    """Join torchrun's process group (NCCL for a CUDA device, gloo otherwise), unless the
-    caller already initialised one."""
-    if not dist.is_available():
-        raise RuntimeError("distributed=True needs a PyTorch build with torch.distributed")
-    if not dist.is_initialized():
-        missing = [name for name in TORCHRUN_ENV if name not in os.environ]
-        if missing:
-            raise RuntimeError(
-                f"distributed=True needs torchrun's environment ({', '.join(missing)} not "
-                "set): launch with `torchrun --nproc_per_node=N your_script.py`, or "
-                "initialise torch.distributed yourself first"
-            )
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-    elif device.type != "cuda" and dist.get_backend() == "nccl":
-        raise ValueError(
-            f"the process group uses NCCL, which cannot reduce {device.type} tensors: "
-            "train on device='cuda' or initialise the group with backend='gloo'"
-        )
 
 
 class LossModule(nn.Module):
@@ -180,15 +139,3 @@ class Ranks:
             all_ranks_succeeded(error, self.device, "rank 0 could not write the checkpoint")
         elif error is not None:
             raise error
-
-
-def all_ranks_succeeded(error: BaseException | None, device, failure: str) -> None:
-    """A barrier that tells every rank whether any failed: `error` is raised where it
-    happened, RuntimeError(`failure`) on the others, instead of them waiting forever in the
-    next collective."""
-    failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-    if error is not None:
-        raise error
-    if failed.item():
-        raise RuntimeError(f"{failure} (see its error)")
