@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 import torch
-from feature_helpers import merged_stats, topk_sae
 
 from saelab.activations import ActivationStore, StoreInfo
 from saelab.data import WORD_START_MARKERS, vocabulary
@@ -18,21 +17,6 @@ from saelab.features import (
     vocabulary_shares,
     word_at,
 )
-
-
-@pytest.fixture(scope="module")
-def store(medical_store):
-    return medical_store
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return topk_sae()
-
-
-@pytest.fixture(scope="module")
-def stats(sae, store):
-    return merged_stats(sae, store)
 
 
 def test_is_medical_piece():

@@ -4,7 +4,6 @@ tokens, the codes of a typed prompt, latents ranked on one token."""
 import pytest
 import torch
 from conftest import HOOK
-from feature_helpers import dense_codes, merged_stats, topk_sae
 
 import saelab
 from saelab.activations import ActivationStore, StoreInfo
@@ -17,26 +16,6 @@ from saelab.features import (
     rank_latents,
     top_contexts,
 )
-
-
-@pytest.fixture(scope="module")
-def store(medical_store):
-    return medical_store
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return topk_sae()
-
-
-@pytest.fixture(scope="module")
-def dense(sae, store):
-    return dense_codes(sae, store)
-
-
-@pytest.fixture(scope="module")
-def stats(sae, store):
-    return merged_stats(sae, store)
 
 
 def test_top_contexts_are_whole_word_windows_from_tokens(stats, store, stories, sae, dense):

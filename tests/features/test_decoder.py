@@ -3,7 +3,6 @@ its cosines to other rows (similarity, redundancy of a residual block, nearest f
 
 import pytest
 import torch
-from feature_helpers import topk_sae
 
 import saelab
 from saelab.data import token_str
@@ -15,11 +14,6 @@ from saelab.features import (
     logit_vector,
     nearest_features,
 )
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return topk_sae()
 
 
 def test_logit_effects_by_hand(sae, stories):

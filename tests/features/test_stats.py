@@ -3,7 +3,6 @@ batches, histograms, the sparse code index, quantile samples, the informative fi
 
 import pytest
 import torch
-from feature_helpers import dense_codes, merged_stats, topk_sae
 
 from saelab.activations import ActivationStore
 from saelab.features import (
@@ -18,26 +17,6 @@ from saelab.features import (
     sparse_codes,
     stats_from_codes,
 )
-
-
-@pytest.fixture(scope="module")
-def store(medical_store):
-    return medical_store
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return topk_sae()
-
-
-@pytest.fixture(scope="module")
-def dense(sae, store):
-    return dense_codes(sae, store)
-
-
-@pytest.fixture(scope="module")
-def stats(sae, store):
-    return merged_stats(sae, store)
 
 
 def test_feature_stats_match_brute_force(stats, dense, store):
