@@ -15,7 +15,8 @@ On a CUDA device it prints one table:
               the warm-up steps and the one after the last step. FLOPs per step: forward
               = encoder 2*B*d*F (kron: 2*B*h(m+n)*d, `encoder_multiply_adds`) + decoder
               2*B*k*d for kinds that gather k rows (topk, batchtopk, kron with the sparse
-              decoder) else 2*B*F*d; forward + backward = 3 x forward.
+              decoder) else 2*B*F*d; forward + backward = 3 x forward
+              (`quality.train_flops_per_token`).
 
 MFU = achieved FLOP/s / peak FLOP/s. The peak is the device's dense bf16 tensor-core figure
 from `PEAK_BF16_TFLOPS` (matched by name: H100/H200 989, A100 312, ...), or `--peak-tflops`.
@@ -50,10 +51,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's saelab
 
+from quality import train_flops_per_token  # after the path line: it imports saelab
+
 import saelab
 from saelab.activations import ActivationStore
 from saelab.models import _blocks, d_model, hf_module, parse_hookpoint
-from saelab.sae.topk import use_sparse_decoder
 
 KINDS = ("topk", "jumprelu", "batchtopk", "kron")
 GPU_WIDTHS = (4608, 18432, 65536)
@@ -91,17 +93,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(sae, batch: int) -> float:
-    """Forward + backward FLOPs of one training step: 3 x (encoder + decoder forward)."""
-    cfg = sae.cfg
-    d, width = cfg.d_in, cfg.width
-    encoder = 2 * batch * sae.encoder_multiply_adds()
-    k = getattr(cfg, "k", None)
-    rows = k if k is not None and use_sparse_decoder(cfg) else width
-    decoder = 2 * batch * rows * d
-    return 3.0 * (encoder + decoder)
-
-
 def train_rate(kind, width, d_in, batch, steps, warmup, device) -> tuple[float, float]:
     """(tokens/s, FLOPs per step) of `train_sae` for `kind` at `width`."""
     n = batch * (steps + warmup)
@@ -127,7 +118,7 @@ def train_rate(kind, width, d_in, batch, steps, warmup, device) -> tuple[float, 
         **options,
     )
     seconds = marks[steps + warmup - 1] - marks[warmup - 1]
-    return steps * batch / seconds, step_flops(sae, batch)
+    return steps * batch / seconds, batch * train_flops_per_token(sae)
 
 
 def forward_params(model, hookpoint: str) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from saelab.sae import fires
+from saelab.sae.topk import use_sparse_decoder
 from saelab.train import train_sae
 
 KS = (8, 16, 32, 64)
@@ -56,11 +57,15 @@ def held_out(sae, x_ND: torch.Tensor, k: int | None = None, batch: int = 4096) -
     }
 
 
-def train_flops_per_token(sae, k: int) -> int:
-    """6 × (encoder + sparse decoder multiply-adds): forward, and backward at twice that."""
-    d_in = sae.cfg.d_in
-    encoder = sae.encoder_multiply_adds() if sae.kind == "kron" else sae.cfg.width * d_in
-    return 6 * (encoder + k * d_in)
+def train_flops_per_token(sae) -> int:
+    """6 × multiply-adds per token (the forward, and the backward at twice that): the encoder,
+    and the decoder's k rows where the sparse decoder runs, else all F rows (JumpReLU, ReLU,
+    and a TopK-family SAE narrow enough for the dense path). benchmarks/gpu.py counts MFU with
+    it too."""
+    cfg = sae.cfg
+    k = getattr(cfg, "k", None)
+    rows = k if k is not None and use_sparse_decoder(cfg) else cfg.width
+    return 6 * (sae.encoder_multiply_adds() + rows * cfg.d_in)
 
 
 def cell(values: list[float], digits: int = 3) -> str:
@@ -135,7 +140,7 @@ def kron_rows(store, x_ND, args) -> None:
             steps = sae.cfg.training["n_steps"] * sae.cfg.training["batch_size"]
             speeds.append(steps / (time.perf_counter() - started))
             rows.append(held_out(sae, x_ND))
-        flops = train_flops_per_token(sae, args.k) * 1000 / 1e9
+        flops = train_flops_per_token(sae) * 1000 / 1e9
         print(
             f"| {kind} | {cell([r['ev'] for r in rows])} | {cell([r['dead'] for r in rows])} "
             f"| {flops:.2f} | {statistics.fmean(speeds):,.0f} |",

@@ -2,8 +2,8 @@
 
 Trains on the SmolLM2-135M `resid_post.15` medical cache of `benchmarks/jumprelu_quality.py
 --real` (148,800 training tokens, 65,013 held-out) and prints, per spec, the spec with the
-held-out EV, L0, dead fraction, training TFLOPs (6 × (encoder + k·d) multiply-adds per
-token) and wall seconds; with `ks` in the spec, the FVU at each k instead (HierarchicalTopK,
+held-out EV, L0, dead fraction, training TFLOPs (`quality.train_flops_per_token`) and wall
+seconds; with `ks` in the spec, the FVU at each k instead (HierarchicalTopK,
 or a TopK per k). Spec keys: `kind`, `width`, `lr_mult` (× the sparsify rate
 `2e-4/√(F/16384)`; without it the kind's default), and any `train_sae` argument.
 
@@ -57,11 +57,10 @@ def run(spec: dict, store, x_ND) -> dict:
         return {**spec, "fvu": {k: round(fvu_at(sae, x_ND, k), 4) for k in ks}}
     row = held_out(sae, x_ND)
     tokens = sae.cfg.training["n_steps"] * sae.cfg.training["batch_size"]
-    k = getattr(sae.cfg, "k", None) or round(row["l0"])
     return {
         **spec,
         **{name: round(value, 4) for name, value in row.items()},
-        "tflops": round(train_flops_per_token(sae, k) * tokens / 1e12, 3),
+        "tflops": round(train_flops_per_token(sae) * tokens / 1e12, 3),
         "wall_s": round(wall, 1),
     }
 
