@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from synthetic import mean_best_cosine, sparse_dictionary_store
 
 import saelab
 from saelab.train import NonFiniteError, train_sae
-from saelab.train.schedule import batch_indices
+from saelab.train.schedule import batch_indices, lr_factor
 
 
 @pytest.mark.parametrize(
@@ -153,16 +154,34 @@ def test_a_plain_tensor_trains_like_its_store():
 
 
 def test_kind_training_defaults_apply_unless_given():
-    """JumpReLU trains at batch 256, lr 1e-3 unless told otherwise (its `training_defaults`)."""
+    """JumpReLU trains at batch 256 with log θ at its own rate 0.02 unless told otherwise (its
+    `training_defaults`), whatever the weights' rate."""
     store, _ = sparse_dictionary_store(n_features=64, n=4096)
     args = {"kind": "jumprelu", "width": 64, "max_tokens": 2048, "target_l0": 4, "progress": False}
     implicit = train_sae(store, **args)
-    explicit = train_sae(store, batch_size=256, lr=1e-3, **args)
-    other = train_sae(store, batch_size=128, **args)
+    explicit = train_sae(store, batch_size=256, threshold_lr=0.02, **args)
+    other_batch = train_sae(store, batch_size=128, **args)
+    theta_at_scale = train_sae(store, threshold_lr=None, **args)  # 20 × the weights' rate
     assert implicit.cfg.training["n_steps"] == 2048 // 256
     for name, value in implicit.state_dict().items():
         assert torch.equal(value, explicit.state_dict()[name]), name
-    assert not torch.equal(implicit.W_dec_FD, other.W_dec_FD)
+    assert not torch.equal(implicit.W_dec_FD, other_batch.W_dec_FD)
+    assert not torch.equal(implicit.log_threshold_F, theta_at_scale.log_threshold_F)
+
+
+def test_jumprelu_threshold_rate_does_not_follow_the_weights_rate():
+    """Adam's first step (β1 = 0) moves each parameter by its rate × the warm-up factor, so
+    every θ that got a gradient moves by 0.02 × factor in log space at any weights' rate."""
+    store, _ = sparse_dictionary_store(n_features=64, n=4096)
+    first_step = 0.02 * lr_factor(0, 1, warmup_steps=50, decay_frac=0.2)
+    for lr in (1e-4, 1e-3):
+        sae = train_sae(
+            store, "jumprelu", width=64, max_tokens=256, lr=lr, target_l0=4, progress=False
+        )
+        moved_F = (sae.log_threshold_F - math.log(0.1)).abs()
+        moved_F = moved_F[moved_F > 1e-7]
+        assert len(moved_F) > 8
+        torch.testing.assert_close(moved_F, torch.full_like(moved_F, first_step), rtol=1e-3, atol=0)
 
 
 def test_composite_kinds_are_not_trained_directly():

@@ -135,9 +135,8 @@ class SAE(nn.Module):
     training_defaults: ClassVar[dict] = {}  # `train_sae` options this kind trains best with
     sparsity_field: ClassVar[str | None] = None  # the config field that sets the L0 (k, target_l0)
 
-    @property
-    def lr_scale(self) -> dict[str, float]:
-        """Learning-rate multipliers by parameter name (default 1)."""
+    def lr_scales(self, lr: float) -> dict[str, float]:
+        """Multipliers of the base rate `lr` by parameter name (default 1)."""
         return {}
 
     def __init__(self, cfg: SAEConfig, seed: int = 0, dtype: torch.dtype = torch.float32):

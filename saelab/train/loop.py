@@ -108,9 +108,9 @@ def train_sae(
     `options` are the kind's config fields (k=32, target_l0=40, ...).
 
     `max_tokens` caps the training tokens (None: one pass over the store). `batch_size` and
-    `lr` left as None take the kind's `training_defaults` (JumpReLU: 256 and 1e-3), else
-    512 and `schedule.default_learning_rate` (from the width and the step count); so do
-    options not given (JumpReLU: centred, constant θ, `topk_cap`). With `checkpoint_dir`, a
+    `lr` left as None take the kind's `training_defaults` (JumpReLU: batch 256), else 512
+    and `schedule.default_learning_rate` (from the width and the step count); so do options
+    not given (JumpReLU: centred, constant θ, `topk_cap`, θ's own rate). With `checkpoint_dir`, a
     checkpoint is written every `checkpoint_every` steps and an existing one is resumed from.
     `callback(log)` gets each logged dict (step, tokens, loss, mse, fvu, l0, dead_fraction,
     lr). Returns the SAE with the input scale folded in, in the activations' own units;
@@ -161,9 +161,9 @@ def train_sae(
         state["history"],
     )
     # Kinds may ask for a larger step on some parameters (JumpReLU's log-thresholds).
+    lr_scales = sae.lr_scales(cfg.learning_rate(n_steps))
     groups = [
-        {"params": [p], "lr_scale": sae.lr_scale.get(name, 1.0)}
-        for name, p in sae.named_parameters()
+        {"params": [p], "lr_scale": lr_scales.get(name, 1.0)} for name, p in sae.named_parameters()
     ]
     optimizer = torch.optim.Adam(groups, lr=cfg.learning_rate(n_steps), betas=sae.adam_betas)
     if state["optimizer"] is not None:
