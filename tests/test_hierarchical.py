@@ -32,7 +32,13 @@ def topk_twin(sae, k: int):
 @pytest.mark.parametrize("gram_loss", [True, False])
 @pytest.mark.parametrize(
     "k_set, k_weighting",
-    [("all", "equal"), ("geometric", "equal"), ([3, 5], "equal"), ("geometric", "inverse_k")],
+    [
+        ("all", "equal"),
+        ("geometric", "equal"),
+        ([3, 5], "equal"),
+        ("geometric", "inverse_k"),
+        ("all", "inverse_sqrt_k"),
+    ],
 )
 def test_loss_is_mean_of_per_k_losses_the_slow_way(k_set, k_weighting, gram_loss):
     sae = perturbed(k_set=k_set, gram_loss=gram_loss, k_weighting=k_weighting)
@@ -40,8 +46,9 @@ def test_loss_is_mean_of_per_k_losses_the_slow_way(k_set, k_weighting, gram_loss
     out = sae.training_loss(x, TrainContext(0, 10, None))
     ks = loss_ks(k_set, K)
     per_k = torch.stack([(x - topk_twin(sae, j)(x).x_hat).pow(2).sum(-1).mean() for j in ks])
-    # inverse_k written out by hand: w_j = (1/j) / Σ 1/j
-    w = torch.tensor([1 / j if k_weighting == "inverse_k" else 1.0 for j in ks], dtype=x.dtype)
+    # the weightings written out by hand: w_j = (1/j) / Σ 1/j, (1/√j) / Σ 1/√j
+    power = {"equal": 0.0, "inverse_k": 1.0, "inverse_sqrt_k": 0.5}[k_weighting]
+    w = torch.tensor([j**-power for j in ks], dtype=x.dtype)
     slow = (per_k * w).sum() / w.sum()
     torch.testing.assert_close(out.loss, slow, rtol=1e-12, atol=1e-12)
     full = (x - topk_twin(sae, K)(x).x_hat).pow(2).sum(-1).mean()

@@ -33,8 +33,9 @@ class HierarchicalTopKConfig(TopKConfig):
 
     k: int = 64
     k_set: str | list[int] = "all"
-    # How the j in k_set are weighted in the mean: "equal" (the paper) or "inverse_k"
-    # (w_j ∝ 1/j: each octave of k counts about the same, so small k are not outvoted)
+    # How the j in k_set are weighted in the mean: "equal" (the paper), "inverse_k" (w_j ∝
+    # 1/j: each octave of k counts about the same, so small k are not outvoted) or
+    # "inverse_sqrt_k" (w_j ∝ 1/√j, between the two)
     k_weighting: str = "equal"
     # True: the dot-product form of the loss (`hierarchical_loss_gram`); False: the cumsum reference
     gram_loss: bool = True
@@ -64,8 +65,12 @@ def loss_weights(ks: list[int], k_weighting: str) -> torch.Tensor:
         w_J = torch.ones(len(ks), dtype=torch.float64)
     elif k_weighting == "inverse_k":
         w_J = 1 / torch.tensor(ks, dtype=torch.float64)
+    elif k_weighting == "inverse_sqrt_k":
+        w_J = torch.tensor(ks, dtype=torch.float64).rsqrt()
     else:
-        raise ValueError(f"k_weighting is 'equal' or 'inverse_k', got {k_weighting!r}")
+        raise ValueError(
+            f"k_weighting is 'equal', 'inverse_k' or 'inverse_sqrt_k', got {k_weighting!r}"
+        )
     return w_J / w_J.sum()
 
 
