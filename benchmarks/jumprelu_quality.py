@@ -12,6 +12,7 @@ tokens: explained variance, L0, dead fraction (never fired) on all of them and o
 
     python benchmarks/jumprelu_quality.py                      # synthetic, ~1 min
     python benchmarks/jumprelu_quality.py --real --seeds 0 1   # SmolLM2, ~15 min on 2 cores
+    python benchmarks/jumprelu_quality.py --real --options default --seeds 0 1 --ce
     python benchmarks/jumprelu_quality.py --batchtopk          # BatchTopK θ (after --real)
 """
 
@@ -28,22 +29,29 @@ from quality import held_out
 from saelab.train import train_sae
 
 # Option sets: "old_default" is saelab's JumpReLU before issue 14 (every field spelled
-# out, so it stays reachable whatever the defaults become).
+# out, so it stays reachable whatever the defaults become). "lr" in a set is the weights'
+# rate on real data (the synthetic runs all take tests/test_train.py's 3e-3): every set but
+# "default" was measured at JumpReLU's earlier 1e-3, with θ at threshold_lr_scale × that.
 OLD_DEFAULT = {
     "center_input": False,
     "threshold_init_rule": "quantile",
     "threshold_init": 0.001,
     "threshold_lr_scale": 20.0,
+    "threshold_lr": None,
     "topk_cap": None,
+    "lr": 1e-3,
 }
 CENTERED = {
     "center_input": True,
     "threshold_init_rule": "constant",
     "threshold_init": 0.1,
     "threshold_lr_scale": 5.0,
+    "threshold_lr": None,
     "topk_cap": None,
+    "lr": 1e-3,
 }
 OPTION_SETS = {
+    "default": {},  # train_sae's JumpReLU defaults
     "old_default": OLD_DEFAULT,
     "old+pre_act": {**OLD_DEFAULT, "pre_act_loss_coef": 1.0},
     "old+auxk": {**OLD_DEFAULT, "aux_coef": 0.25},
@@ -80,13 +88,13 @@ def synthetic(names: list[str], seeds: list[int]) -> None:
     x_ND = store.acts_ND[:8000]
     print("| options | seed | best-match cos | FVU | L0 | dead (8k) |\n|---|---|---|---|---|---|")
     runs = [("topk", {"k": 4}, "topk k=4")] + [
-        ("jumprelu", {"target_l0": 4, **OPTION_SETS[n]}, n) for n in names
+        ("jumprelu", {"target_l0": 4, **OPTION_SETS[n], "lr": 3e-3}, n) for n in names
     ]
     for kind, options, name in runs:
         for seed in seeds:
             sae = train_sae(
-                store, kind, width=128, max_tokens=400_000, batch_size=256, lr=3e-3,
-                seed=seed, progress=False, **options,
+                store, kind, width=128, max_tokens=400_000, batch_size=256, seed=seed,
+                progress=False, **{"lr": 3e-3, **options},
             )  # fmt: skip
             row = held_out(sae, x_ND)
             cos = mean_best_cosine(sae.W_dec_FD.detach(), D_FD)
@@ -115,9 +123,14 @@ def real(args, names: list[str]) -> None:
     test = ActivationStore.load(test_dir)
     x_ND = test.get(torch.arange(len(test)))
     print(f"train {len(store):,} tokens, held-out {len(x_ND):,} tokens", flush=True)
+    ce = ce_loss_recovered() if args.ce else None
     print(
         "| options | seed | EV | L0 | dead (all) | dead (8k) | >10% | TopK k | TopK EV "
-        "| TopK dead | min |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| TopK dead |"
+        + (" CE rec. | TopK CE rec. |" if ce else "")
+        + " min |\n"
+        + "|---" * (10 + 2 * bool(ce) + 1)
+        + "|"
     )
     for name in names:
         for seed in args.seeds:
@@ -130,12 +143,32 @@ def real(args, names: list[str]) -> None:
             k = max(1, round(row["l0"]))
             topk = train_sae(store, "topk", width=args.width, k=k, seed=seed, progress=False)
             top = held_out(topk, x_ND)
+            ce_cells = " {:.3f} | {:.3f} |".format(*ce(sae, topk)) if ce else ""
             print(
                 f"| {name} | {seed} | {row['ev']:.3f} | {row['l0']:.1f} | {row['dead']:.3f} "
                 f"| {row['dead_8k']:.3f} | {row['dense_10pct']:.4f} | {k} | {top['ev']:.3f} "
-                f"| {top['dead']:.3f} | {(time.time() - started) / 60:.1f} |",
+                f"| {top['dead']:.3f} |{ce_cells} {(time.time() - started) / 60:.1f} |",
                 flush=True,
             )
+
+
+def ce_loss_recovered():
+    """`(jumprelu, topk) -> (CE loss recovered, CE loss recovered)` of both SAEs spliced into
+    SmolLM2 on the first 8,192 held-out medical tokens (`saelab.evaluate`)."""
+    import saelab
+
+    model = saelab.load_model("smollm2-135m")
+    texts = saelab.load_corpus("medical", split="test")
+
+    def both(sae, topk):
+        rows = saelab.evaluate(
+            {"jumprelu": sae, "topk": topk}, model, "resid_post.15", texts,
+            max_tokens=8192, linear=False, progress=False,
+        )  # fmt: skip
+        ce_by_sae = dict(zip(rows["sae"], rows["ce_loss_recovered"], strict=True))
+        return ce_by_sae["jumprelu"], ce_by_sae["topk"]
+
+    return both
 
 
 def batchtopk_threshold(args) -> None:
@@ -173,6 +206,7 @@ def main() -> None:
     parser.add_argument("--target-l0", type=float, default=40)
     parser.add_argument("--train-tokens", type=int, default=150_000)
     parser.add_argument("--eval-tokens", type=int, default=65_536)
+    parser.add_argument("--ce", action="store_true", help="--real: CE loss recovered of both SAEs")
     parser.add_argument("--cache", default=str(Path.home() / ".cache/saelab/jumprelu_quality"))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
