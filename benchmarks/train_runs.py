@@ -13,12 +13,15 @@ or a TopK per k). Spec keys: `kind`, `width`, `lr_mult` (× the sparsify rate
         "k_set": "geometric", "lr": 0.0015, "ks": [8, 16, 32, 64]}'
     python benchmarks/train_runs.py '{"kind": "topk", "width": 4608, "lr": 0.0015,
         "ks": [8, 16, 32, 64]}'
+    python benchmarks/train_runs.py --rates '{"kind": "topk", "width": 4608, "k": 32}' \
+        '{"kind": "kron", "width": 4608, "k": 32}'     # training tokens/s, interleaved
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ import torch
 from quality import held_out, train_flops_per_token
 
 from saelab.activations import ActivationStore
+from saelab.sae import sae_class
 from saelab.train import train_sae
 
 CACHE = Path.home() / ".cache/saelab/jumprelu_quality"
@@ -65,14 +69,39 @@ def run(spec: dict, store, x_ND) -> dict:
     }
 
 
+def rates(specs: list[dict], store, rounds: int = 3, steps: tuple[int, int] = (10, 50)) -> None:
+    """Training tokens/s of each spec (its kind, width and options; `max_tokens` and `ks`
+    ignored): the time of a `steps[1]`-step run minus that of a `steps[0]`-step one, so the
+    setup (input scale, init) drops out; the specs interleaved over `rounds` rounds so that
+    load on a shared machine falls on all of them alike; the median round is printed."""
+    per_token: dict[int, list[float]] = {i: [] for i in range(len(specs))}
+    for _ in range(rounds):
+        for i, spec in enumerate(specs):
+            kw = {k: v for k, v in spec.items() if k not in ("max_tokens", "ks", "lr_mult")}
+            kind, width = kw.pop("kind"), kw.pop("width")
+            batch = kw.get("batch_size") or sae_class(kind).training_defaults.get("batch_size", 512)
+            took = []
+            for n_steps in steps:
+                started = time.perf_counter()
+                tokens = n_steps * batch
+                train_sae(store, kind, width=width, max_tokens=tokens, progress=False, **kw)
+                took.append(time.perf_counter() - started)
+            per_token[i].append((took[1] - took[0]) / ((steps[1] - steps[0]) * batch))
+    for i, spec in enumerate(specs):
+        print(json.dumps({**spec, "tokens_per_s": round(1 / statistics.median(per_token[i]))}))
+
+
 def main() -> None:
-    if len(sys.argv) < 2 or not (CACHE / "train_150000" / "manifest.json").exists():
+    args = sys.argv[1:]
+    if not args or not (CACHE / "train_150000" / "manifest.json").exists():
         sys.exit(__doc__ + "\nrun `python benchmarks/jumprelu_quality.py --real` first (the cache)")
     torch.set_num_threads(1)
     store = ActivationStore.load(CACHE / "train_150000")
+    if args[0] == "--rates":
+        return rates([json.loads(spec) for spec in args[1:]], store)
     test = ActivationStore.load(CACHE / "test_65536")
     x_ND = test.get(torch.arange(len(test)))
-    for spec in sys.argv[1:]:
+    for spec in args:
         print(json.dumps(run(json.loads(spec), store, x_ND)), flush=True)
 
 
