@@ -118,6 +118,9 @@ def test_kron_shape_and_config_errors():
         h, m, n = kron_shape(width)
         assert h * m * n == width and 2 <= m <= n <= 4 * m
     assert kron_shape(4608) == (72, 8, 8) and kron_shape(4608, heads=288) == (288, 4, 4)
+    # 16 × 16 heads from width 16,384 on (the better frontier at 18432)
+    assert kron_shape(16383 + 1) == (64, 16, 16) and kron_shape(18432) == (72, 16, 16)
+    assert kron_shape(65536) == (256, 16, 16) and kron_shape(15360) == (240, 8, 8)
     with pytest.raises(ValueError, match="65537"):
         kron_shape(65537)  # prime
     with pytest.raises(ValueError, match="7 heads"):
