@@ -291,3 +291,17 @@ def test_sparse_decoder_is_chosen_where_faster():
         make_sae("topk", 16, 4096, k=32, sparse_decoder=False).cfg
     )  # the switch wins
     assert use_sparse_decoder(make_sae("topk", 16, 64, k=4, sparse_decoder=True).cfg)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_new_and_initialised_weights_are_contiguous(kind):
+    """Row-major weights: a KronSAE decoder built from its encoder came out column-major
+    (stride (1, F)), and the sparse decoder's embedding_bag over it doubled the step time."""
+    options = {
+        **({"k": K} if kind in K_KINDS else {}),
+        **({"heads": H, "m": M, "n": N} if kind == "kron" else {}),
+    }
+    sae = make_sae(kind, D, F, **options)
+    sae.init_from_sample(inputs())
+    for name, tensor in sae.state_dict().items():
+        assert tensor.is_contiguous(), name

@@ -172,7 +172,10 @@ class KronSAE(TopKSAE):
             P_HMD = self.W_P_DHM.detach().double().T.reshape(h, m, 1, D)
             Q_HND = self.W_Q_DHN.detach().double().T.reshape(h, 1, n, D)
             rows_FD = (P_HMD + Q_HND).reshape(h * m * n, D)
-            self.W_dec_FD.data = (rows_FD / rows_FD.norm(dim=1, keepdim=True)).to(dtype)
+            rows_FD = rows_FD / rows_FD.norm(dim=1, keepdim=True)
+            # contiguous: the broadcast sum is laid out column-major (stride (1, F)), and the
+            # sparse decoder's embedding_bag over such rows made the whole step 2x slower
+            self.W_dec_FD.data = rows_FD.to(dtype).contiguous()
 
     def encoder_multiply_adds(self) -> int:
         """`h(m+n)·d` per token, against a dense encoder's `F·d`. The `F` mAND square roots
