@@ -177,7 +177,7 @@ class JumpReLUSAE(SAE):
     #   (7% with the quantile init), and a mean best cosine of 0.93 on the synthetic dictionary
     #   instead of 0.80.
     # - the weights at the default rate (`schedule.default_learning_rate`, 2.1e-3 here) with
-    #   log θ at its own 0.02: EV 0.812 / 0.816 at L0 39.0 / 39.4 (2 seeds) vs 0.782 at L0 38
+    #   log θ at its own 0.02: EV 0.814 / 0.816 at L0 39.0 / 39.4 (2 seeds) vs 0.782 at L0 38
     #   with everything at 1e-3 (θ at 20×); θ at 2e-3 × 20 overshot to L0 25.
     # The config defaults stay the paper's: what saved and foreign SAEs mean.
     training_defaults = {
