@@ -80,7 +80,9 @@ def test_saes_and_table_are_saved(run, stories):
         )
         assert sae.cfg.training["batch_size"] == 16  # train_options override the JumpReLU defaults
         if row["kind"] == "jumprelu":
-            assert sae.cfg.training["lr"] == 1e-3 and sae.cfg.target_l0 == row["target_l0"]
+            # the kind's other defaults still apply: θ at its own rate, the shared lr rule
+            assert sae.cfg.threshold_lr == 0.02 and sae.cfg.training["lr"] is None
+            assert sae.cfg.target_l0 == row["target_l0"]
         else:
             assert sae.cfg.k == row["target_l0"]
     assert (out / "medical-jumprelu-w128-l0_8-s1" / "cfg.json").exists()
