@@ -4,6 +4,7 @@ tokens, the codes of a typed prompt, latents ranked on one token."""
 import pytest
 import torch
 from conftest import HOOK
+from feature_helpers import identity_relu_sae
 
 import saelab
 from saelab.activations import ActivationStore, StoreInfo
@@ -99,12 +100,7 @@ def test_contexts_skip_special_tokens_and_duplicate_windows(stories):
         tokens_CT,
         StoreInfo(model="stories260k", hookpoint=HOOK, d_in=64, n_tokens=2 * n_pos),
     )
-    sae = saelab.make_sae("relu", 64, 8, seed=0)
-    with torch.no_grad():
-        sae.W_enc_DF.zero_()
-        sae.W_enc_DF[torch.arange(8), torch.arange(8)] = 1.0
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
+    sae = identity_relu_sae(8)
     stats = feature_stats(sae, store, top_k=5)
     contexts = top_contexts(stats, store, tok, 3, window=2)
     assert [(c.context, c.position, c.value) for c in contexts] == [

@@ -7,27 +7,12 @@ import nbformat
 import pytest
 import torch
 from conftest import HOOK
-from feature_explorer_helpers import alive, explorer_sae, make_explorer
+from feature_explorer_helpers import alive
 from nbclient import NotebookClient
 
 from saelab.features import latents_on_text, prompt_codes
 
 CAT = "Once upon a time there was a cat"
-
-
-@pytest.fixture(scope="module")
-def store(medical_store):
-    return medical_store
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return explorer_sae()
-
-
-@pytest.fixture(scope="module")
-def explorer(sae, stories, store):
-    return make_explorer(sae, stories, store)
 
 
 def test_prompt_is_shaded_by_the_selected_latent(explorer, sae, stories):

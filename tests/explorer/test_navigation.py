@@ -1,12 +1,11 @@
 """FeatureExplorer on stories260K: moving between latents with the buttons, the top-token
 search and the most-medical button."""
 
-import pytest
 import torch
 from conftest import HOOK
-from feature_explorer_helpers import activating_tokens, alive, explorer_sae, make_explorer
+from feature_explorer_helpers import activating_tokens, alive
+from feature_helpers import identity_relu_sae
 
-import saelab
 from saelab.activations import ActivationStore, StoreInfo
 from saelab.features import (
     FeatureStats,
@@ -17,21 +16,6 @@ from saelab.features import (
     top_contexts,
 )
 from saelab.widgets import FeatureExplorer
-
-
-@pytest.fixture(scope="module")
-def store(medical_store):
-    return medical_store
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return explorer_sae()
-
-
-@pytest.fixture(scope="module")
-def explorer(sae, stories, store):
-    return make_explorer(sae, stories, store)
 
 
 def test_search_lists_latents_with_that_top_token(explorer, stories, store):
@@ -158,12 +142,7 @@ def test_most_medical_with_the_card_vocabulary(stories):
         tokens_CT,
         StoreInfo(model="stories260k", hookpoint=HOOK, d_in=64, n_tokens=n),
     )
-    sae = saelab.make_sae("relu", 64, 16, seed=0)
-    with torch.no_grad():
-        sae.W_enc_DF.zero_()
-        sae.W_enc_DF[torch.arange(16), torch.arange(16)] = 1.0
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
+    sae = identity_relu_sae(16)
     explorer = FeatureExplorer(sae, stories, HOOK, store, latent=9, progress=False)
     assert explorer.stats.count_F.tolist() == [0, 0, 0, 4, 0, 6, 0, 2, 0, 4, 0, 4, 0, 0, 0, 0]
     shares = explorer.medical_shares()  # the card vocabulary: explorer.vocabulary is None

@@ -8,28 +8,13 @@ import ipywidgets as widgets
 import pytest
 import torch
 from conftest import HOOK
-from feature_explorer_helpers import activating_tokens, alive, explorer_sae, make_explorer
+from feature_explorer_helpers import activating_tokens, alive
 
 import saelab
 from saelab.data import load_prompts
 from saelab.features import latent_histogram, logit_effects, top_contexts
 from saelab.widgets import FeatureExplorer
 from saelab.widgets.feature_html import show_piece
-
-
-@pytest.fixture(scope="module")
-def store(medical_store):
-    return medical_store
-
-
-@pytest.fixture(scope="module")
-def sae():
-    return explorer_sae()
-
-
-@pytest.fixture(scope="module")
-def explorer(sae, stories, store):
-    return make_explorer(sae, stories, store)
 
 
 def bar_counts(figure_html):
